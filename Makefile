@@ -1,0 +1,24 @@
+# abe-caffe: every target sets up what it needs first (a warm setup takes seconds).
+PY := .venv/bin/python
+SHELL := /bin/bash
+
+.PHONY: setup test demo bench clean clean-cache check-cuda-build
+
+setup:
+	@scripts/setup.sh
+
+test: setup
+	$(PY) -m pytest -q tests
+
+demo: setup
+	$(PY) tools/demo.py
+
+bench: setup
+	@set -e; for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
+
+clean:
+	rm -rf .venv runs .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+clean-cache:
+	rm -rf $${ABE_CAFFE_HOME:-$$HOME/.cache/abe-caffe}
