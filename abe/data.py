@@ -1,0 +1,272 @@
+"""Feeding Caffe: the paper's pair-sampling training layer and the sequential test-time reader.
+
+Training batches (ABE_SPEC.md section 3): P anchors at random; the first ``positive_pairs`` get
+a partner of the same class (a different image), the rest a partner of another class; images
+laid out [a_1..a_P, b_1..b_P]; random crop, random mirror, BGR mean subtraction.
+
+Every random choice (pairs, crop offsets, mirrors) is drawn in Caffe's thread from one seeded
+generator per solver rank, so a batch depends only on (seed, rank, batch number), never on
+which prefetch worker decoded it or when.
+"""
+import json
+import mmap
+import multiprocessing
+import os
+import queue
+import signal
+import weakref
+
+import caffe
+import numpy as np
+
+from abe.lmdb_store import datum_header, iter_records, open_readonly, parse_datum
+
+PAIR_DEFAULTS = {"batch_pairs": 32, "positive_pairs": 16, "crop": 224, "mirror": True,
+                 "mean": [104, 117, 123], "seed": 0, "workers": 2, "prefetch": 4}
+WORKER_POLL_S = 0.5  # how often an idle worker checks that its parent is still alive
+RESULT_TIMEOUT_S = 60.0
+
+
+def read_labels(lmdb_path):
+    """The label of every record, in the LMDB's (key) order, as int64."""
+    return np.array([datum_header(value)[0] for _, value in iter_records(lmdb_path)], np.int64)
+
+
+def crop_into(out, image, top, left, mirror, mean):
+    """``out`` (3 x c x c float32) = the BGR crop at (top, left), mirrored or not, minus mean."""
+    size = out.shape[-1]
+    patch = image[top:top + size, left:left + size]
+    if mirror:
+        patch = patch[:, ::-1]
+    np.subtract(patch.transpose(2, 0, 1), mean, out=out, dtype=np.float32)
+
+
+def iter_test_batches(lmdb_path, batch_size, crop=224, mean=(104, 117, 123)):
+    """Yield (images float32 N x 3 x crop x crop, labels int64 N): centre crops, minus mean, in
+    record order, every record exactly once, the last partial batch included."""
+    mean = np.asarray(mean, np.float32).reshape(3, 1, 1)
+    images = np.empty((batch_size, 3, crop, crop), np.float32)
+    labels = np.empty(batch_size, np.int64)
+    filled = 0
+    for _, value in iter_records(lmdb_path):
+        image, labels[filled] = parse_datum(value)
+        height, width = image.shape[:2]
+        if crop > min(height, width):
+            raise ValueError(f"crop {crop} is larger than the {height}x{width} images of {lmdb_path}")
+        crop_into(images[filled], image, (height - crop) // 2, (width - crop) // 2, False, mean)
+        filled += 1
+        if filled == batch_size:
+            yield images.copy(), labels.copy()
+            filled = 0
+    if filled:
+        yield images[:filled].copy(), labels[:filled].copy()
+
+
+class PairSampler:
+    """Draws the image indices of pair batches from the labels of a training set."""
+
+    def __init__(self, labels, batch_pairs, positive_pairs, rng):
+        self.labels = np.asarray(labels, np.int64)
+        if not 0 <= positive_pairs <= batch_pairs:
+            raise ValueError(f"positive_pairs must be within 0..batch_pairs ({batch_pairs})")
+        self.batch_pairs, self.positive_pairs, self.rng = batch_pairs, positive_pairs, rng
+        # Indices grouped by class: class k holds by_class[start[k]:start[k] + count[k]].
+        classes, self.class_of, self.count = np.unique(
+            self.labels, return_inverse=True, return_counts=True)
+        self.by_class = np.argsort(self.class_of, kind="stable")
+        self.start = np.concatenate([[0], np.cumsum(self.count)[:-1]])
+        self.rank = np.empty_like(self.by_class)
+        self.rank[self.by_class] = np.arange(len(self.labels)) - self.start[self.class_of[self.by_class]]
+        # A class with one image cannot give a positive pair: its image is never such an anchor.
+        self.positive_anchors = np.flatnonzero(self.count[self.class_of] >= 2)
+        if positive_pairs and not len(self.positive_anchors):
+            raise ValueError("no class has two or more images: no positive pairs can be formed")
+        if positive_pairs < batch_pairs and len(classes) < 2:
+            raise ValueError("only one class: no negative pairs can be formed")
+
+    def next_pairs(self):
+        """(anchors, partners): two index arrays of length batch_pairs, positives first."""
+        rng, negatives = self.rng, self.batch_pairs - self.positive_pairs
+        positive = rng.choice(self.positive_anchors, self.positive_pairs)
+        negative = rng.integers(0, len(self.labels), negatives)
+        anchors = np.concatenate([positive, negative])
+        cls = self.class_of[anchors]
+        # Positive partner: another member of the anchor's class (skip the anchor's own slot).
+        pos_cls, pos_rank = cls[:self.positive_pairs], self.rank[positive]
+        offset = (rng.random(self.positive_pairs) * (self.count[pos_cls] - 1)).astype(np.int64)
+        offset += offset >= pos_rank
+        # Negative partner: any image outside the anchor's class (skip the class's segment).
+        neg_cls = cls[self.positive_pairs:]
+        position = (rng.random(negatives) * (len(self.labels) - self.count[neg_cls])).astype(np.int64)
+        position += np.where(position >= self.start[neg_cls], self.count[neg_cls], 0)
+        partners = np.concatenate([self.by_class[self.start[pos_cls] + offset],
+                                   self.by_class[position]])
+        return anchors, partners
+
+
+def _prefetch_worker(source, keys, slots, mean, tasks, results, parent):
+    """Fill batch slots from (number, slot, indices, offsets, mirrors) tasks until told to stop
+    or until the parent process is gone (no orphans if Caffe is killed)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    results.cancel_join_thread()
+    import cv2
+
+    cv2.setNumThreads(1)
+    with open_readonly(source) as env, env.begin() as txn:
+        while True:
+            try:
+                task = tasks.get(timeout=WORKER_POLL_S)
+            except queue.Empty:
+                if os.getppid() != parent:
+                    return
+                continue
+            if task is None:
+                return
+            number, slot, indices, offsets, mirrors = task
+            try:
+                _fill(slots[slot], txn, keys, indices, offsets, mirrors, mean)
+                results.put((number, slot, None))
+            except Exception as error:  # reported to Caffe's thread, which raises it
+                results.put((number, slot, f"{type(error).__name__}: {error}"))
+
+
+def _fill(out, txn, keys, indices, offsets, mirrors, mean):
+    for row, (index, (top, left), mirror) in enumerate(zip(indices, offsets, mirrors)):
+        image, _ = parse_datum(txn.get(keys[index]))
+        crop_into(out[row], image, top, left, mirror, mean)
+
+
+class _Prefetcher:
+    """Worker processes filling a ring of batch slots in shared memory, in submission order."""
+
+    def __init__(self, source, keys, batch_shape, mean, workers, slots):
+        context = multiprocessing.get_context("fork")  # works inside the embedded `caffe` binary
+        nbytes = int(np.prod(batch_shape)) * 4
+        self.memory = mmap.mmap(-1, nbytes * slots)  # anonymous shared mapping, freed with us
+        self.slots = np.frombuffer(self.memory, np.float32).reshape((slots,) + tuple(batch_shape))
+        self.tasks, self.results = context.Queue(), context.Queue()
+        self.ready = {}
+        self.processes = [context.Process(
+            target=_prefetch_worker, daemon=True,
+            args=(source, keys, self.slots, mean, self.tasks, self.results, os.getpid()))
+            for _ in range(workers)]
+        for process in self.processes:
+            process.start()
+
+    def submit(self, number, slot, indices, offsets, mirrors):
+        self.tasks.put((number, slot, indices, offsets, mirrors))
+
+    def wait(self, number):
+        """The slot holding batch ``number`` once a worker has filled it."""
+        while number not in self.ready:
+            try:
+                done, slot, error = self.results.get(timeout=RESULT_TIMEOUT_S)
+            except queue.Empty:
+                if not all(p.is_alive() for p in self.processes):
+                    raise RuntimeError("a PairDataLayer prefetch worker died") from None
+                continue
+            if error:
+                raise RuntimeError(f"PairDataLayer prefetch worker: {error}")
+            self.ready[done] = slot
+        return self.ready.pop(number)
+
+    def stop(self):
+        for _ in self.processes:
+            self.tasks.put(None)
+        for process in self.processes:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.terminate()
+                process.join()
+        self.tasks.close()
+        self.results.close()
+
+
+def _stop_prefetcher(prefetcher):
+    prefetcher.stop()
+
+
+class PairDataLayer(caffe.Layer):
+    """Tops ``data`` (2P x 3 x crop x crop), ``label`` (2P), ``sim`` (P; 1 = same class)."""
+
+    def setup(self, bottom, top):
+        params = dict(PAIR_DEFAULTS, **json.loads(self.param_str or "{}"))
+        if "source" not in params:
+            raise ValueError('PairDataLayer param_str needs "source" (the training LMDB)')
+        if len(top) != 3:
+            raise ValueError("PairDataLayer has three tops: data, label, sim")
+        self.source, self.crop = str(params["source"]), int(params["crop"])
+        self.pairs, self.mirror = int(params["batch_pairs"]), bool(params["mirror"])
+        self.mean = np.asarray(params["mean"], np.float32).reshape(3, 1, 1)
+        self.keys, labels, self.image_size = _scan(self.source)
+        if self.crop > self.image_size:
+            raise ValueError(f"crop {self.crop} is larger than the {self.image_size}-pixel images "
+                             f"of {self.source}")
+        self.rng = np.random.default_rng([int(params["seed"]), caffe.solver_rank()])
+        self.sampler = PairSampler(labels, self.pairs, int(params["positive_pairs"]), self.rng)
+        self.sim = (np.arange(self.pairs) < int(params["positive_pairs"])).astype(np.float32)
+        self.plans, self.submitted, self.consumed = {}, 0, 0
+        self.prefetcher, workers = None, int(params["workers"])
+        if workers > 0:
+            self.prefetcher = _Prefetcher(self.source, self.keys, self.batch_shape, self.mean,
+                                          workers, max(int(params["prefetch"]), 1))
+            weakref.finalize(self, _stop_prefetcher, self.prefetcher)
+            for slot in range(len(self.prefetcher.slots)):
+                self._submit(slot)
+        else:
+            self.env = open_readonly(self.source)
+            self.txn = self.env.begin()
+
+    @property
+    def batch_shape(self):
+        return (2 * self.pairs, 3, self.crop, self.crop)
+
+    def next_plan(self):
+        """Image indices, crop offsets and mirror flags of the next batch."""
+        anchors, partners = self.sampler.next_pairs()
+        indices = np.concatenate([anchors, partners])
+        offsets = self.rng.integers(0, self.image_size - self.crop + 1, (len(indices), 2))
+        mirrors = (self.rng.random(len(indices)) < 0.5) & self.mirror
+        return indices, offsets, mirrors
+
+    def _submit(self, slot):
+        plan = self.plans[self.submitted] = self.next_plan()
+        self.prefetcher.submit(self.submitted, slot, *plan)
+        self.submitted += 1
+
+    def reshape(self, bottom, top):
+        top[0].reshape(*self.batch_shape)
+        top[1].reshape(2 * self.pairs)
+        top[2].reshape(self.pairs)
+
+    def forward(self, bottom, top):
+        if self.prefetcher is None:
+            indices, offsets, mirrors = self.next_plan()
+            _fill(top[0].data, self.txn, self.keys, indices, offsets, mirrors, self.mean)
+        else:
+            slot = self.prefetcher.wait(self.consumed)
+            indices, _, _ = self.plans.pop(self.consumed)
+            top[0].data[...] = self.prefetcher.slots[slot]
+            self.consumed += 1
+            self._submit(slot)
+        top[1].data[...] = self.sampler.labels[indices]
+        top[2].data[...] = self.sim
+
+    def backward(self, top, propagate_down, bottom):
+        pass
+
+
+def _scan(source):
+    """Keys, labels and square image side of a training LMDB."""
+    keys, labels, size = [], [], None
+    for key, value in iter_records(source):
+        label, height, width = datum_header(value)
+        size = size or height
+        if (height, width) != (size, size):
+            raise ValueError(f"{source}: record {key.decode()} is {width}x{height}, "
+                             f"not {size}x{size} like the first")
+        keys.append(key)
+        labels.append(label)
+    if not keys:
+        raise ValueError(f"{source} holds no records")
+    return keys, labels, size
