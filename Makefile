@@ -22,3 +22,8 @@ clean:
 
 clean-cache:
 	rm -rf $${ABE_CAFFE_HOME:-$$HOME/.cache/abe-caffe}
+
+# Compile check of the Docker image's CUDA build (nvcc 13 here, cuBLAS/cuRAND/NCCL from PyPI wheels);
+# ends by importing that pycaffe and checking caffe.has_nccl(). No GPU needed.
+check-cuda-build: setup
+	@scripts/check_cuda_build.sh

@@ -9,8 +9,9 @@
 # Usage: scripts/build_caffe.sh [--source debian|git] [--cuda] [--cuda-arch "75 80 86 89 90 100 120"]
 #                               [--python PYTHON] [--prefix DIR] [--jobs N] [--status]
 # --status: print the prefix and exit 0 if that build is complete in the cache, 3 if not; build nothing.
-# Environment: ABE_CAFFE_HOME (cache root, default ~/.cache/abe-caffe), CUDA_ROOT, NCCL_ROOT,
-#              CUBLAS_ROOT, CURAND_ROOT (CUDA build with libraries outside the toolkit).
+# Environment: ABE_CAFFE_HOME (cache root, default ~/.cache/abe-caffe); for --cuda: CUDA_ROOT (a
+#              toolkit folder with nvcc, cuBLAS and cuRAND, like /usr/local/cuda) and NCCL_ROOT
+#              (include/nccl.h, lib/libnccl.so*) when they are not in the default places.
 set -euo pipefail
 
 CAFFE_COMMIT=99bd99795dcdf0b1d3086a8d67ab1782a8a08383
