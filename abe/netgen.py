@@ -312,8 +312,8 @@ def deploy_net(cfg):
 
 
 def config_name(cfg):
-    """A short human name: ABE-8^512, 8-heads^512."""
-    base = f"ABE-{cfg.M}" if cfg.arch == "abe" else f"{cfg.M}-heads"
+    """The paper's name: ABE-8^512, 8-heads^512, 1-head^512."""
+    base = f"ABE-{cfg.M}" if cfg.arch == "abe" else f"{cfg.M}-head{'s' if cfg.M > 1 else ''}"
     return f"{base}^{cfg.embed_dim}"
 
 

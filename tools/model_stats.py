@@ -1,0 +1,37 @@
+#!/usr/bin/env python3
+"""Parameters and multiply-accumulates per image of deploy nets, as the paper's Table 1 counts.
+
+    model_stats.py prototxt/*/deploy.prototxt
+
+Parameters: each learnable blob once, however many layers share it. MACs: convolution and
+inner-product layers, per input image (ABE's shared G counts once per learner).
+"""
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("GLOG_minloglevel", "2")
+
+from abe.model_stats import model_stats, read_net  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("deploy", type=Path, nargs="+", help="deploy prototxt (Input blob data)")
+    args = parser.parse_args(argv)
+    for path in args.deploy:
+        if not path.is_file():
+            print(f"model_stats.py: error: {path} is not a file", file=sys.stderr)
+            return 2
+    print(f"{'model':<16} {'params':>14} {'MACs/image':>16}  file")
+    for path in args.deploy:
+        stats = model_stats(path)
+        print(f"{read_net(path).name:<16} {stats.params / 1e7:>8.2f} x10^7 "
+              f"{stats.macs / 1e9:>10.2f} x10^9  {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
