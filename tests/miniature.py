@@ -25,9 +25,14 @@ class Miniature:
     boxes: dict = field(default_factory=dict)  # relative path -> (x0, y0, x1, y1)
 
 
+# RGB colours far from the padding colour both in colour and in gray (luma < 65 or > 165).
+PALETTE = np.array([(20, 20, 20), (120, 20, 20), (20, 20, 120), (20, 60, 20),
+                    (230, 230, 230), (230, 230, 20), (20, 230, 230), (230, 230, 120)])
+
+
 def photo_rgb(rng, width, height):
-    """An RGB test picture: a smooth two-colour gradient, every colour far from the padding."""
-    start, end = rng.choice([20, 230], size=(2, 3))
+    """An RGB test picture: a horizontal gradient between two colours of PALETTE."""
+    start, end = PALETTE[rng.choice(len(PALETTE), size=2)]
     ramp = np.linspace(0, 1, width)[None, :, None]
     rgb = start + (end - start) * ramp
     return np.broadcast_to(rgb, (height, width, 3)).round().astype(np.uint8)
@@ -36,8 +41,8 @@ def photo_rgb(rng, width, height):
 def image_bytes(kind, rgb):
     """The file bytes of ``rgb`` saved as ``kind`` (a plain JPEG or one of the odd formats)."""
     buffer = io.BytesIO()
-    if kind in ("plain", "truncated"):
-        Image.fromarray(rgb).save(buffer, "JPEG", quality=95)
+    if kind in ("plain", "truncated"):  # no chroma subsampling: sharp edges to measure
+        Image.fromarray(rgb).save(buffer, "JPEG", quality=95, subsampling=0)
     elif kind == "gray":
         Image.fromarray(rgb).convert("L").save(buffer, "JPEG", quality=95)
     elif kind == "cmyk":
