@@ -24,9 +24,10 @@ DATASET_KS = {
     "inshop": (1, 10, 20, 30, 40, 50),
 }
 
-# Relative tolerance under which two squared distances count as equal (float32 GEMM round-off
-# on vectors of norm ~1 is ~1e-6; real differences between neighbours are far larger).
-TIE_RTOL = 1e-5
+# Relative tolerance under which two squared distances count as equal: float32 round-off of
+# the same distance computed twice is ~1e-7 relative; real gaps between neighbours are larger.
+TIE_RTOL = 1e-6
+CHUNK_ELEMENTS = 1 << 26  # distances held at once (256 MB of float32)
 
 
 def tie_tolerance(gallery_sqnorms):
@@ -35,43 +36,73 @@ def tie_tolerance(gallery_sqnorms):
     return TIE_RTOL * max(scale, 1e-12) * 4.0
 
 
+def default_chunk(n_gallery):
+    return int(max(16, min(1024, CHUNK_ELEMENTS // max(n_gallery, 1))))
+
+
+class ClassIndex:
+    """The gallery rows of each class, for gathering a query chunk's positives."""
+
+    def __init__(self, gallery_labels):
+        self.order = np.argsort(gallery_labels, kind="stable")
+        self.sorted_labels = np.asarray(gallery_labels)[self.order]
+
+    def positives(self, query_labels, self_index):
+        """(rows, cols): every same-class gallery item of each query, the query itself left
+        out; rows ascending, so per-query groups are contiguous."""
+        lo = np.searchsorted(self.sorted_labels, query_labels, side="left")
+        hi = np.searchsorted(self.sorted_labels, query_labels, side="right")
+        counts = hi - lo
+        rows = np.repeat(np.arange(len(query_labels)), counts)
+        # position within each query's run of the sorted gallery: lo[row] + 0, 1, 2, ...
+        offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        cols = self.order[np.repeat(lo, counts) + offsets]
+        keep = cols != self_index[rows]
+        return rows[keep], cols[keep]
+
+
 def first_positive_ranks(query, query_labels, gallery, gallery_labels, self_index=None,
-                         chunk=256):
+                         chunk=None):
     """Rank (1-based, tie rule above) of the nearest same-class gallery item for each query.
 
     ``self_index[i]`` is the gallery row holding query i itself (excluded), or -1 for none.
     Returns an int64 array; queries without any same-class gallery item get a rank larger than
     the gallery, so they miss at every K.
     """
-    query = np.ascontiguousarray(query, dtype=np.float32)
-    gallery = np.ascontiguousarray(gallery, dtype=np.float32)
-    query_labels = np.asarray(query_labels)
-    gallery_labels = np.asarray(gallery_labels)
+    query_labels, gallery_labels = np.asarray(query_labels), np.asarray(gallery_labels)
     n_query, n_gallery = len(query), len(gallery)
-    if self_index is None:
-        self_index = np.full(n_query, -1, dtype=np.int64)
-    self_index = np.asarray(self_index, dtype=np.int64)
+    chunk = chunk or default_chunk(n_gallery)
+    self_index = (np.full(n_query, -1, dtype=np.int64) if self_index is None
+                  else np.asarray(self_index, dtype=np.int64))
+    # ||q - g||^2 less the per-query constant ||q||^2 (same order, same ties) in one GEMM:
+    # [q, 1] . [-2 g, ||g||^2] = ||g||^2 - 2 q.g
+    gallery = np.asarray(gallery, dtype=np.float32)
     gallery_sqnorms = np.einsum("ij,ij->i", gallery, gallery)
+    augmented_gallery = np.hstack([-2.0 * gallery, gallery_sqnorms[:, None]]).T.copy()
     tolerance = tie_tolerance(gallery_sqnorms)
-    ranks = np.empty(n_query, dtype=np.int64)
+    classes = ClassIndex(gallery_labels)
+    ranks = np.full(n_query, n_gallery + 1, dtype=np.int64)
     for start in range(0, n_query, chunk):
         stop = min(start + chunk, n_query)
-        rows = np.arange(stop - start)
-        # ||q - g||^2 less the per-row constant ||q||^2: the same order and the same ties.
-        dist = query[start:stop] @ gallery.T
-        dist *= -2.0
-        dist += gallery_sqnorms
-        same = query_labels[start:stop, None] == gallery_labels[None, :]
+        block = np.ones((stop - start, query.shape[1] + 1), dtype=np.float32)
+        block[:, :-1] = query[start:stop]
+        dist = block @ augmented_gallery
         own = self_index[start:stop]
-        has_self = own >= 0
-        same[rows[has_self], own[has_self]] = False
-        nearest_positive = np.where(same, dist, np.inf).min(axis=1)
-        closer = dist <= (nearest_positive + tolerance)[:, None]
-        closer &= ~same
-        if has_self.any():  # the query itself is never a competitor either
-            closer[rows[has_self], own[has_self]] = False
-        ranks[start:stop] = np.count_nonzero(closer, axis=1) + 1
-        ranks[start:stop][np.isinf(nearest_positive)] = n_gallery + 1
+        rows, cols = classes.positives(query_labels[start:stop], own)
+        if not len(rows):
+            continue
+        positive_dist = dist[rows, cols]
+        queries, first = np.unique(rows, return_index=True)
+        threshold = np.minimum.reduceat(positive_dist, first) + tolerance
+        candidates = dist if len(queries) == len(dist) else dist[queries]
+        within = np.count_nonzero(candidates <= threshold[:, None], axis=1)
+        # not competitors: the positives within the threshold and the query itself
+        within -= np.add.reduceat(positive_dist <= threshold[np.searchsorted(queries, rows)],
+                                  first)
+        has_self = own[queries] >= 0
+        self_dist = dist[queries[has_self], own[queries][has_self]]
+        within[has_self] -= self_dist <= threshold[has_self]
+        ranks[start + queries] = within + 1
     return ranks
 
 
@@ -81,7 +112,7 @@ def recall_from_ranks(ranks, ks):
     return {int(k): float(np.mean(ranks <= k)) if len(ranks) else 0.0 for k in ks}
 
 
-def recall_at_k(features, labels, ks, chunk=256):
+def recall_at_k(features, labels, ks, chunk=None):
     """Recall@K with every item a query against all the others (CUB, CARS, SOP)."""
     features = np.asarray(features)
     ranks = first_positive_ranks(features, labels, features, labels,
@@ -89,7 +120,7 @@ def recall_at_k(features, labels, ks, chunk=256):
     return recall_from_ranks(ranks, ks)
 
 
-def recall_at_k_query_gallery(features, labels, is_query, is_gallery, ks, chunk=256):
+def recall_at_k_query_gallery(features, labels, is_query, is_gallery, ks, chunk=None):
     """Recall@K of the query rows against the gallery rows (In-shop).
 
     A row that is both a query and a gallery item is excluded from its own ranking by index.
@@ -107,7 +138,7 @@ def recall_at_k_query_gallery(features, labels, is_query, is_gallery, ks, chunk=
     return recall_from_ranks(ranks, ks)
 
 
-def evaluate_recall(features, labels, ks, is_query=None, is_gallery=None, chunk=256):
+def evaluate_recall(features, labels, ks, is_query=None, is_gallery=None, chunk=None):
     """Recall@K under the protocol the arrays imply: query/gallery when both masks are given."""
     if is_query is not None and is_gallery is not None:
         return recall_at_k_query_gallery(features, labels, is_query, is_gallery, ks, chunk)

@@ -1,0 +1,102 @@
+"""Test-time embeddings: run a deploy net over a test LMDB, keep them as a features file.
+
+A features file (``.npz``, loaded without pickle) holds ``features`` (N x D, the ensemble
+embedding), ``labels`` (N), optionally boolean ``is_query``/``is_gallery`` (query/gallery
+protocols such as In-shop) and ``learner0``, ``learner1``, ... (each learner's embedding).
+"""
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+ENSEMBLE_BLOB = "embedding"
+LEARNER_BLOB = re.compile(r"^learner(\d+)/embedding$")
+LEARNER_ARRAY = re.compile(r"^learner(\d+)$")
+
+
+class FeaturesError(ValueError):
+    """A features file or array that cannot be evaluated; the message is one line for users."""
+
+
+def learner_blobs(net):
+    """The per-learner embedding blobs of a net, in learner order."""
+    found = sorted((int(m.group(1)), name) for name in net.blobs
+                   if (m := LEARNER_BLOB.match(name)))
+    return [name for _, name in found]
+
+
+def extract(net, batches, blobs=None, total=None, progress=True):
+    """Forward every batch of ``(images, labels)``; return ({blob: N x D float32}, labels).
+
+    The net's input blob ``data`` is reshaped to each batch, so the last partial batch is
+    forwarded as it is (no padding, no dropped images).
+    """
+    from tqdm import tqdm
+
+    blobs = list(blobs or [ENSEMBLE_BLOB] + learner_blobs(net))
+    outputs = {name: [] for name in blobs}
+    all_labels = []
+    for images, labels in tqdm(batches, total=total, desc="embeddings", unit="batch",
+                               disable=not progress):
+        net.blobs["data"].reshape(*images.shape)
+        net.blobs["data"].data[...] = images
+        net.forward()
+        for name in blobs:
+            outputs[name].append(net.blobs[name].data.reshape(len(images), -1).copy())
+        all_labels.append(np.asarray(labels, dtype=np.int64))
+    if not all_labels:
+        raise FeaturesError("no images to embed (empty LMDB?)")
+    return {k: np.concatenate(v) for k, v in outputs.items()}, np.concatenate(all_labels)
+
+
+def save(path, features, labels, learners=(), is_query=None, is_gallery=None):
+    """Write a features file atomically (temporary name in the same folder, then rename)."""
+    path = Path(path)
+    arrays = {"features": features, "labels": labels}
+    arrays.update({f"learner{m}": x for m, x in enumerate(learners)})
+    if is_query is not None:
+        arrays.update(is_query=np.asarray(is_query, bool), is_gallery=np.asarray(is_gallery, bool))
+    tmp = path.with_name(path.name + ".partial.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+    return path
+
+
+def load(path):
+    """Read and check a features file: dict with features, labels, learners (list), masks."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except (OSError, ValueError, EOFError) as error:
+        raise FeaturesError(f"cannot read {path} as a .npz features file: {error}") from None
+    for required in ("features", "labels"):
+        if required not in arrays:
+            raise FeaturesError(f"{path} has no array '{required}' (has: {sorted(arrays)})")
+    learners = [arrays[name] for name in sorted(
+        (n for n in arrays if LEARNER_ARRAY.match(n)), key=lambda n: int(n[len("learner"):]))]
+    check(arrays["features"], arrays["labels"], learners, arrays.get("is_query"),
+          arrays.get("is_gallery"), source=str(path))
+    return {"features": arrays["features"], "labels": arrays["labels"], "learners": learners,
+            "is_query": arrays.get("is_query"), "is_gallery": arrays.get("is_gallery")}
+
+
+def check(features, labels, learners=(), is_query=None, is_gallery=None, source="features"):
+    """Raise FeaturesError, one line, when the arrays cannot be evaluated together."""
+    if features.ndim != 2 or features.shape[0] == 0 or features.shape[1] == 0:
+        raise FeaturesError(f"{source}: 'features' must be a non-empty N x D array, "
+                            f"got shape {features.shape}")
+    if not np.issubdtype(features.dtype, np.number) or not np.isfinite(features).all():
+        raise FeaturesError(f"{source}: 'features' must be finite numbers")
+    n = len(features)
+    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+        raise FeaturesError(f"{source}: 'labels' must be {n} integers, got {labels.dtype} "
+                            f"of shape {labels.shape}")
+    for m, learner in enumerate(learners):
+        if learner.ndim != 2 or len(learner) != n:
+            raise FeaturesError(f"{source}: 'learner{m}' must be {n} x D, got {learner.shape}")
+    if (is_query is None) != (is_gallery is None):
+        raise FeaturesError(f"{source}: give both 'is_query' and 'is_gallery' or neither")
+    for name, mask in (("is_query", is_query), ("is_gallery", is_gallery)):
+        if mask is not None and (mask.shape != (n,) or mask.dtype != bool or not mask.any()):
+            raise FeaturesError(f"{source}: '{name}' must be {n} booleans, at least one true")
