@@ -330,6 +330,7 @@ class SolverConfig:
     gamma: float = 0.5
     stepsize: int = 10000
     max_iter: int = 20000
+    iter_size: int = 1
     momentum: float = 0.9
     weight_decay: float = 2e-4
     display: int = 20
@@ -338,8 +339,10 @@ class SolverConfig:
     solver_mode: str = "CPU"
 
     def __post_init__(self):
-        if self.base_lr <= 0 or self.max_iter < 1 or self.stepsize < 1 or self.snapshot < 0:
-            raise ConfigError("base-lr, max-iter and stepsize must be positive, snapshot >= 0")
+        if min(self.base_lr, self.max_iter, self.stepsize, self.iter_size) <= 0 \
+                or self.snapshot < 0:
+            raise ConfigError("base-lr, max-iter, stepsize and iter-size must be positive, "
+                              "snapshot >= 0")
         if self.lr_policy not in ("fixed", "step"):
             raise ConfigError(f"lr-policy must be fixed or step, got {self.lr_policy!r}")
         if self.solver_mode not in ("CPU", "GPU"):
@@ -350,7 +353,8 @@ def solver(train_path, cfg):
     """SolverParameter for ``train_path``; snapshots default to ``runs/<config dir>/snapshot``."""
     s = caffe_pb2.SolverParameter(
         net=str(train_path), type="SGD", base_lr=cfg.base_lr, lr_policy=cfg.lr_policy,
-        max_iter=cfg.max_iter, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+        max_iter=cfg.max_iter, iter_size=cfg.iter_size, momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
         display=cfg.display, snapshot=cfg.snapshot,
         snapshot_prefix=cfg.snapshot_prefix or f"runs/{Path(train_path).parent.name}/snapshot",
         solver_mode=caffe_pb2.SolverParameter.SolverMode.Value(cfg.solver_mode))

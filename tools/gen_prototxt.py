@@ -81,6 +81,11 @@ def parse_args(argv):
                      help="step policy: iterations per step (default %(default)s)")
     sol.add_argument("--max-iter", type=int, default=SOLVER.max_iter,
                      help="iterations (default %(default)s)")
+    sol.add_argument("--iter-size", type=int, default=SOLVER.iter_size,
+                     help="forward/backward passes accumulated per update: --batch 16 "
+                          "--iter-size 4 gives exactly the gradient of batch 64 (every loss term "
+                          "is per pair or per image) in a quarter of the memory "
+                          "(default %(default)s)")
     sol.add_argument("--weight-decay", type=float, default=SOLVER.weight_decay,
                      help="L2 weight decay, BVLC GoogLeNet's own (default %(default)s)")
     sol.add_argument("--snapshot", type=int, default=SOLVER.snapshot,
