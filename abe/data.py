@@ -8,13 +8,13 @@ Every random choice (pairs, crop offsets, mirrors) is drawn in Caffe's thread fr
 generator per solver rank, so a batch depends only on (seed, rank, batch number), never on
 which prefetch worker decoded it or when.
 """
+import atexit
 import json
 import mmap
 import multiprocessing
 import os
 import queue
 import signal
-import weakref
 
 import caffe
 import numpy as np
@@ -171,6 +171,8 @@ class _Prefetcher:
         return self.ready.pop(number)
 
     def stop(self):
+        if not self.processes:
+            return
         for _ in self.processes:
             self.tasks.put(None)
         for process in self.processes:
@@ -180,14 +182,16 @@ class _Prefetcher:
                 process.join()
         self.tasks.close()
         self.results.close()
-
-
-def _stop_prefetcher(prefetcher):
-    prefetcher.stop()
+        self.processes = []
 
 
 class PairDataLayer(caffe.Layer):
-    """Tops ``data`` (2P x 3 x crop x crop), ``label`` (2P), ``sim`` (P; 1 = same class)."""
+    """Tops ``data`` (2P x 3 x crop x crop), ``label`` (2P), ``sim`` (P; 1 = same class).
+
+    BVLC Caffe never frees a Python layer (the C++ layer and its Python object reference each
+    other), so the prefetch workers stop at ``close()`` (see ``close_data_layers``), when the
+    process exits (atexit), or by themselves once their parent is gone (killed).
+    """
 
     def setup(self, bottom, top):
         params = dict(PAIR_DEFAULTS, **json.loads(self.param_str or "{}"))
@@ -210,7 +214,7 @@ class PairDataLayer(caffe.Layer):
         if workers > 0:
             self.prefetcher = _Prefetcher(self.source, self.keys, self.batch_shape, self.mean,
                                           workers, max(int(params["prefetch"]), 1))
-            weakref.finalize(self, _stop_prefetcher, self.prefetcher)
+            atexit.register(self.prefetcher.stop)
             for slot in range(len(self.prefetcher.slots)):
                 self._submit(slot)
         else:
@@ -254,6 +258,20 @@ class PairDataLayer(caffe.Layer):
 
     def backward(self, top, propagate_down, bottom):
         pass
+
+    def close(self):
+        """Stop the prefetch workers; the layer cannot produce batches afterwards."""
+        if self.prefetcher is not None:
+            self.prefetcher.stop()
+            atexit.unregister(self.prefetcher.stop)
+            self.prefetcher = None
+
+
+def close_data_layers(net):
+    """Stop the prefetch workers of every PairDataLayer in ``net`` (a caffe.Net)."""
+    for layer in net.layers:
+        if isinstance(layer, PairDataLayer):
+            layer.close()
 
 
 def _scan(source):
