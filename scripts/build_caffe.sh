@@ -86,8 +86,10 @@ done
 
 # The key: everything that changes the built files. Both sources are the same commit and get
 # the same patches, but they are kept apart so a Docker-style build is checked on its own.
+# The interpreter's path is left out (a venv in another clone builds the same files); its
+# version, headers, library and NumPy version are in.
 key=$( { echo "$CAFFE_COMMIT $source $py_version $np_version $py_include"
-         printf '%s\n' "${cmake_flags[@]}"
+         printf '%s\n' "${cmake_flags[@]}" | grep -v '^-DPYTHON_EXECUTABLE='
          for p in "${patches[@]}"; do sha256sum < "$p"; done; } | sha256sum | cut -c1-16)
 cache=${ABE_CAFFE_HOME:-$HOME/.cache/abe-caffe}
 [ -n "$prefix" ] || prefix="$cache/caffe-$([ "$cuda" = ON ] && echo cuda || echo cpu)-$key"
