@@ -11,7 +11,7 @@ import numpy as np
 
 
 def parse_params(param_str, defaults):
-    """JSON ``param_str`` merged over ``defaults``; an unknown key is an error, not a typo ignored."""
+    """JSON ``param_str`` over ``defaults``; an unknown key is an error, not an ignored typo."""
     params = json.loads(param_str) if param_str and param_str.strip() else {}
     if not isinstance(params, dict):
         raise ValueError(f"param_str must be a JSON object, got {param_str!r}")

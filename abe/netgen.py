@@ -304,7 +304,8 @@ def train_net(cfg):
 
 
 def deploy_net(cfg):
-    """Deploy net: Input ``data``, output ``embedding`` = the M normalized embeddings concatenated."""
+    """Deploy net: Input ``data``; output ``embedding``, the M normalized embeddings
+    concatenated in learner order."""
     n = NetSpec()
     n.data = L.Input(shape=dict(dim=[cfg.batch, 3, cfg.crop, cfg.crop]))
     n.embedding = L.Concat(*embeddings(n, n.data, cfg), axis=1)

@@ -8,9 +8,10 @@ forward+backward of a 64-image batch, reporting time per batch, images/s, achiev
 and peak memory. One batch-64 ABE-8 train net holds about 3.2 G floats of blobs (data and
 diff ~ 18-24 GB), more than this 24 GB machine has, so the batch runs as micro-batches
 (default 4 x 16) accumulated as Caffe's iter_size does: the same arithmetic and gradient,
-since every loss term is per pair or per image. The baseline, measured in the same run: single-precision GEMM GFLOP/s of numpy's
-matmul. FLOPs of an iteration = 3 x forward (backward = weight + input gradients), 2 per MAC,
-MACs of convolutions and inner products from abe.model_stats.
+since every loss term is per pair or per image. The baseline, measured in the same run:
+single-precision GEMM GFLOP/s of numpy's matmul. FLOPs of an iteration: 3 x forward
+(backward = weight + input gradients), 2 per MAC, MACs of convolutions and inner products
+from abe.model_stats.
 """
 import argparse
 import json
@@ -52,9 +53,9 @@ def write(proto, directory, name):
     return path
 
 
-def measure(sharing, batch, micro_batch, iters, crop):
-    """One implementation, in this process: seconds per ``batch`` images forward+backward
-    (``batch / micro_batch`` accumulated passes), MACs per image, peak memory."""
+def measure(sharing, micro_batch, passes, crop):
+    """One implementation, in this process: seconds of each timed micro-batch forward+backward
+    after a warm-up pass, MACs per image, peak memory."""
     import caffe
 
     caffe.set_mode_cpu()
@@ -68,15 +69,21 @@ def measure(sharing, batch, micro_batch, iters, crop):
     net.blobs["sim"].data[...] = np.arange(micro_batch // 2) < micro_batch // 4
 
     def step():
-        for _ in tqdm(range(batch // micro_batch), desc=f"G {sharing}", file=sys.stderr):
-            net.forward()
-            net.backward()
+        net.forward()
+        net.backward()
 
-    net.forward()  # warm-up: allocates every blob
-    net.backward()
-    times = [timed(step) for _ in range(iters)]
+    times = [timed(step) for _ in tqdm(range(1 + passes), desc=f"G {sharing}", file=sys.stderr)]
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
-    return {"seconds": min(times), "macs_per_image": macs, "peak_gib": peak_gib}
+    return {"seconds": times[1:], "macs_per_image": macs, "peak_gib": peak_gib}
+
+
+def run_child(sharing, args):
+    child = subprocess.run([sys.executable, __file__, "--only", sharing, "--micro-batch",
+                            str(args.micro_batch), "--passes", str(args.passes), "--crop",
+                            str(args.crop)], stdout=subprocess.PIPE, text=True)
+    if child.returncode:
+        raise SystemExit(f"bench_network: G {sharing} failed (exit {child.returncode})")
+    return json.loads(child.stdout)
 
 
 def main(argv=None):
@@ -86,37 +93,41 @@ def main(argv=None):
     parser.add_argument("--micro-batch", type=int, default=16,
                         help="images per forward pass; must divide --batch (16)")
     parser.add_argument("--crop", type=int, default=224, help="input size (224)")
-    parser.add_argument("--iters", type=int, default=1,
-                        help="timed iterations after a one-micro-batch warm-up; the best is "
-                             "reported (1)")
+    parser.add_argument("--passes", type=int, default=1,
+                        help="timed micro-batch passes per child process, after a warm-up (1)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="child processes per implementation, in ABBA order so that load "
+                             "drift on a shared machine hits both alike (2)")
     parser.add_argument("--only", choices=netgen.G_SHARING, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.micro_batch < 2 or args.micro_batch % 2 or args.batch % args.micro_batch:
         parser.error("--micro-batch must be even and divide --batch")
     if args.only:  # child process: one implementation, JSON on stdout
-        print(json.dumps(measure(args.only, args.batch, args.micro_batch, args.iters, args.crop)))
+        print(json.dumps(measure(args.only, args.micro_batch, args.passes, args.crop)))
         return 0
 
-    gemm = gemm_gflops()
-    print(f"baseline: numpy float32 GEMM 2048^3: {gemm:.1f} GFLOP/s ({os.cpu_count()} cores)")
-    print(f"ABE-8^512 train net, batch {args.batch} as {args.batch // args.micro_batch} x "
-          f"{args.micro_batch} images, crop {args.crop}, forward+backward, best of {args.iters}:")
-    results = {}
-    for sharing in netgen.G_SHARING:
-        child = subprocess.run([sys.executable, __file__, "--only", sharing, "--batch",
-                                str(args.batch), "--micro-batch", str(args.micro_batch),
-                                "--iters", str(args.iters), "--crop", str(args.crop)],
-                               stdout=subprocess.PIPE, text=True)
-        if child.returncode:
-            print(f"bench_network: G {sharing} failed (exit {child.returncode})", file=sys.stderr)
-            return 1
-        r = results[sharing] = json.loads(child.stdout)
-        gflops = 3 * 2 * r["macs_per_image"] * args.batch / r["seconds"] / 1e9
-        print(f"  G {sharing:<6}: {r['seconds']:7.2f} s/batch  {args.batch / r['seconds']:6.2f} "
-              f"images/s  {gflops:6.1f} GFLOP/s = {gflops / gemm:.2f} x GEMM  "
-              f"peak {r['peak_gib']:.1f} GiB")
-    ratio = results["towers"]["seconds"] / results["batch"]["seconds"]
-    print(f"towers / batch time: {ratio:.2f} (default g-sharing: {netgen.NetConfig.g_sharing})")
+    gemm = [gemm_gflops()]
+    order = [s for r in range(args.rounds) for s in netgen.G_SHARING[::(-1) ** r]]
+    runs = {sharing: [] for sharing in netgen.G_SHARING}
+    for sharing in order:
+        runs[sharing].append(run_child(sharing, args))
+    gemm.append(gemm_gflops())
+    print(f"baseline: numpy float32 GEMM 2048^3: {max(gemm):.1f} GFLOP/s, best of before and "
+          f"after ({os.cpu_count()} cores)")
+    micro_passes = args.batch // args.micro_batch
+    print(f"ABE-8^512 train net, crop {args.crop}, forward+backward of a batch of {args.batch} "
+          f"= {micro_passes} x {args.micro_batch} images (best micro-batch time x "
+          f"{micro_passes}; {args.rounds * args.passes} timed passes per implementation):")
+    seconds = {}
+    for sharing, results in runs.items():
+        seconds[sharing] = micro_passes * min(t for r in results for t in r["seconds"])
+        gflops = 3 * 2 * results[0]["macs_per_image"] * args.batch / seconds[sharing] / 1e9
+        peak = max(r["peak_gib"] for r in results)
+        print(f"  G {sharing:<6}: {seconds[sharing]:7.2f} s/batch  "
+              f"{args.batch / seconds[sharing]:6.2f} images/s  {gflops:6.1f} GFLOP/s = "
+              f"{gflops / max(gemm):.2f} x GEMM  peak {peak:.1f} GiB")
+    print(f"towers / batch time: {seconds['towers'] / seconds['batch']:.2f} "
+          f"(default g-sharing: {netgen.NetConfig.g_sharing})")
     return 0
 
 

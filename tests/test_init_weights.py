@@ -17,7 +17,7 @@ TOOL = [sys.executable, str(REPO / "tools" / "init_weights.py")]
 
 @pytest.fixture(scope="module")
 def stand_in(caffe, caffe_prefix, tmp_path_factory):
-    """(path, {layer: [arrays]}) of BVLC GoogLeNet with random weights and biases, saved by Caffe."""
+    """(path, {layer: [arrays]}): BVLC GoogLeNet, random weights and biases, saved by Caffe."""
     net = caffe.Net(str(caffe_prefix / "models" / "bvlc_googlenet" / "deploy.prototxt"),
                     caffe.TEST)
     rng = np.random.default_rng(0)

@@ -85,7 +85,7 @@ def embeddings_with_mixed_hinges(rng, M, N, D, margin):
 
 
 def divergence_reference(e, margin):
-    """The spec's formula, written as loops: (1/N) sum_i sum_{p<q} [margin - ||e_p,i - e_q,i||^2]_+."""
+    """The spec's formula as loops: (1/N) sum_i sum_{p<q} [margin - ||e_p,i - e_q,i||^2]_+."""
     M, N, _ = e.shape
     total = 0.0
     for i in range(N):

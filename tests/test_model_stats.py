@@ -1,4 +1,4 @@
-"""Parameter and MAC counts: the paper's Table 1 from the committed deploy nets, and a hand count."""
+"""Parameter and MAC counts: the paper's Table 1 from the committed deploy nets; a hand count."""
 import subprocess
 import sys
 

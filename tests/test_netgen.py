@@ -227,10 +227,13 @@ def test_cli_writes_and_refuses_non_empty_out(tmp_path):
     run = cli("--M", "4", "--out", str(out))
     assert run.returncode == 2 and "--force" in run.stderr
     assert "ABE-2^128" in (out / "deploy.prototxt").read_text()
-    run = cli("--M", "4", "--base-lr", "0.001", "--out", str(out), "--force")
+    run = cli("--M", "4", "--base-lr", "0.001", "--iter-size", "4", "--lr-policy", "fixed",
+              "--out", str(out), "--force")
     assert run.returncode == 0
     assert "ABE-4^512" in (out / "deploy.prototxt").read_text()
-    assert "base_lr: 0.001" in solver.read_text()
+    text = solver.read_text()
+    assert "base_lr: 0.001" in text and "iter_size: 4" in text and "momentum: 0.9" in text
+    assert 'lr_policy: "fixed"' in text and "stepsize" not in text
 
 
 def test_cli_help_explains_every_option():
@@ -241,3 +244,4 @@ def test_cli_help_explains_every_option():
                    "--g-sharing", "--base-lr", "--lr-mult-new", "--weight-decay"):
         assert option in run.stdout
     assert "encourages diversity" in run.stdout and "branching point" in run.stdout
+    assert "attention module" in run.stdout and "spatial feature extractor" in run.stdout

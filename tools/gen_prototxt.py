@@ -30,12 +30,14 @@ def parse_args(argv):
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     net = p.add_argument_group("network (paper section 3 and its ablations)")
     net.add_argument("--arch", choices=netgen.ARCHS, default=NET.arch,
-                     help="abe: the attention-based ensemble, 'each learner ... the same "
-                          "feature embedding function G' after its own attention module; "
-                          "heads: the M-heads baseline (Fig. 1a), 'shared bottom layers' S and M "
-                          "separate copies of the upper network (default %(default)s)")
+                     help="abe: the attention-based ensemble, M learners B_m(x) = G(S(x) o "
+                          "A_m(S(x))) sharing the spatial feature extractor S and the global "
+                          "feature embedding function G, each with its own attention mask; "
+                          "heads: the M-heads baseline (Fig. 1a), S shared and a separate copy "
+                          "of the upper network per head (default %(default)s)")
     net.add_argument("--M", type=int, default=NET.M,
-                     help="number of learners (ABE) or heads (ensemble size M; default %(default)s)")
+                     help="number of learners (ABE) or heads, the ensemble size "
+                          "(default %(default)s)")
     net.add_argument("--embed-dim", type=int, default=NET.embed_dim,
                      help="total embedding size, the superscript of ABE-M^d: each learner embeds "
                           "into d/M dimensions and the ensemble concatenates them "
@@ -44,11 +46,11 @@ def parse_args(argv):
                      help="number of inception blocks in the attention module A_m, 1-7 "
                           "(default %(default)s = inception_4a..4e after pool3)")
     net.add_argument("--branch", choices=list(netgen.BRANCHES), default=NET.branch,
-                     help="branching point: the layer whose output S(x) is the 'spatial feature "
-                          "extractor' output shared by the learners (default %(default)s)")
+                     help="branching point: the layer whose output is S(x), the spatial feature "
+                          "extractor's output shared by the learners (default %(default)s)")
     net.add_argument("--lambda-div", type=float, default=NET.lambda_div,
-                     help="weight lambda_div of the divergence loss that 'encourages diversity' "
-                          "among learners; 0 drops the loss (default %(default)s)")
+                     help="weight lambda_div of the divergence loss, which encourages diversity "
+                          "among the learners; 0 drops the loss (default %(default)s)")
     net.add_argument("--no-sigmoid", dest="sigmoid", action="store_false",
                      help="attention masks straight from the 1x1 convolution, without the "
                           "sigmoid (the masks are sigmoid outputs by default)")
@@ -63,7 +65,8 @@ def parse_args(argv):
     net.add_argument("--source", default=NET.source,
                      help="train LMDB read by the pair data layer (default %(default)s)")
     net.add_argument("--g-sharing", choices=netgen.G_SHARING, default=NET.g_sharing,
-                     help="how ABE's G is 'shared by all learners': batch = the M masked maps "
+                     help="how ABE's G, shared by all learners, is built: batch = the M masked "
+                          "maps "
                           "stacked on the batch axis and G run once (measured faster, see "
                           "bench/bench_network.py); towers = M copies sharing parameters by name "
                           "(default %(default)s)")
