@@ -100,3 +100,15 @@ def check(features, labels, learners=(), is_query=None, is_gallery=None, source=
     for name, mask in (("is_query", is_query), ("is_gallery", is_gallery)):
         if mask is not None and (mask.shape != (n,) or mask.dtype != bool or not mask.any()):
             raise FeaturesError(f"{source}: '{name}' must be {n} booleans, at least one true")
+
+
+def attention_maps(net, images):
+    """Each learner's attention mask (blob ``learner{m}/attention``) for ``images``."""
+    names = sorted((int(m.group(1)), name) for name in net.blobs
+                   if (m := re.match(r"^learner(\d+)/attention$", name)))
+    if not names:
+        raise FeaturesError("the net has no learner{m}/attention blobs (not an ABE net?)")
+    net.blobs["data"].reshape(*images.shape)
+    net.blobs["data"].data[...] = images
+    net.forward()
+    return [net.blobs[name].data.copy() for _, name in names]

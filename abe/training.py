@@ -1,0 +1,403 @@
+"""Training ABE-M with Caffe's SGDSolver driven from Python (ABE_SPEC section 3).
+
+One run lives in one folder::
+
+    RUN/train.prototxt deploy.prototxt solver.prototxt config.json
+    RUN/snapshots/iter_<N>.caffemodel|.solverstate   the last snapshot only
+    RUN/snapshots/best.caffemodel + best.json        the best Recall@1 so far (paper practice)
+    RUN/history.csv                                  iteration, loss terms, lr, Recall@K, wall time
+
+The solver steps one iteration at a time so every loss term can be checked: a NaN or infinite
+loss stops the run (``LossNotFinite``) before anything is written, so the last snapshot stays
+the last good one. Snapshots go to ``snapshots/.partial/`` and are renamed into place once
+complete (caffemodel first, then the solverstate that needs it), so a kill never leaves a
+corrupt file under a final name; ``resume`` picks the newest complete pair.
+
+Several GPUs: one process per GPU, ``caffe.NCCL`` as BVLC's ``python/train.py``; rank 0 alone
+evaluates, snapshots and writes the history. A build without NCCL (this CPU build) runs the
+same processes as a stand-in: the same uid exchange and rank set-up, no gradient reduction.
+"""
+import csv
+import json
+import math
+import multiprocessing
+import os
+import re
+import secrets
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+SNAPSHOT = re.compile(r"^iter_(\d+)\.solverstate$")
+
+
+class LossNotFinite(RuntimeError):
+    """Training stopped on a NaN/inf loss; the message names the term and the iteration."""
+
+
+@dataclass
+class TrainSettings:
+    """What a run needs besides its prototxts; saved as ``config.json``."""
+    run_dir: str
+    max_iter: int
+    eval_every: int = 1000
+    snapshot_every: int = 1000
+    log_every: int = 20
+    test_lmdbs: list = field(default_factory=list)  # one (all-vs-all) or query + gallery
+    ks: list = field(default_factory=lambda: [1, 2, 4, 8])
+    eval_batch: int = 50
+    init_weights: str = ""  # bvlc_googlenet.caffemodel, empty: from scratch
+    gpus: list = field(default_factory=list)  # empty: CPU
+    seed: int = 0
+
+
+class RunFiles:
+    """The paths of one run folder."""
+
+    def __init__(self, run_dir):
+        self.root = Path(run_dir)
+        self.snapshots = self.root / "snapshots"
+        self.partial = self.snapshots / ".partial"
+        self.train, self.deploy = self.root / "train.prototxt", self.root / "deploy.prototxt"
+        self.solver, self.config = self.root / "solver.prototxt", self.root / "config.json"
+        self.history = self.root / "history.csv"
+        self.best_model, self.best_info = self.snapshots / "best.caffemodel", self.snapshots / "best.json"
+
+    def snapshot(self, iteration, ext):
+        return self.snapshots / f"iter_{iteration}.{ext}"
+
+    def latest_snapshot(self):
+        """(iteration, solverstate) of the newest complete snapshot, or None."""
+        found = []
+        for path in self.snapshots.glob("iter_*.solverstate"):
+            match = SNAPSHOT.match(path.name)
+            if match and self.snapshot(int(match.group(1)), "caffemodel").exists():
+                found.append((int(match.group(1)), path))
+        return max(found) if found else None
+
+
+def write_atomic(path, text):
+    tmp = Path(str(path) + ".partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_solver(files, solver_param, settings):
+    """solver.prototxt for ``files.train``: our own snapshots (Caffe's off), seeded fillers."""
+    from google.protobuf import text_format
+
+    solver_param.net = str(files.train.resolve())
+    solver_param.max_iter = settings.max_iter
+    solver_param.snapshot = 0
+    solver_param.snapshot_prefix = str((files.partial / "snap").resolve())
+    solver_param.random_seed = settings.seed
+    solver_param.solver_mode = solver_param.GPU if settings.gpus else solver_param.CPU
+    write_atomic(files.solver, text_format.MessageToString(solver_param))
+
+
+def prepare_run(settings, config_dir=None, net_cfg=None, solver_cfg=None, train_source=None):
+    """Fill the run folder: prototxts generated from ``net_cfg``/``solver_cfg`` or copied from
+    ``config_dir`` (a gen_prototxt output), the pair layer pointed at ``train_source`` when
+    given, the solver made run-specific, and config.json."""
+    from abe import netgen
+
+    files = RunFiles(settings.run_dir)
+    files.partial.mkdir(parents=True, exist_ok=True)
+    if net_cfg is not None:
+        netgen.write_config(files.root, net_cfg, solver_cfg)
+    elif Path(config_dir).resolve() != files.root.resolve():
+        for path in (files.train, files.deploy, files.solver):
+            shutil.copyfile(Path(config_dir) / path.name, files.root / (path.name + ".partial"))
+            os.replace(files.root / (path.name + ".partial"), path)
+    if train_source:
+        set_pair_source(files.train, train_source)
+    write_solver(files, read_solver(files.solver), settings)
+    write_atomic(files.config, json.dumps(asdict(settings), indent=2) + "\n")
+    return files
+
+
+def set_pair_source(train_prototxt, source):
+    """Point the train net's PairDataLayer at another LMDB (its param_str is JSON)."""
+    from caffe.proto import caffe_pb2
+    from google.protobuf import text_format
+
+    net = text_format.Parse(Path(train_prototxt).read_text(), caffe_pb2.NetParameter())
+    for layer in net.layer:
+        if layer.type == "Python" and layer.python_param.layer == "PairDataLayer":
+            params = json.loads(layer.python_param.param_str or "{}")
+            params["source"] = str(source)
+            layer.python_param.param_str = json.dumps(params)
+    write_atomic(train_prototxt, text_format.MessageToString(net))
+
+
+def load_settings(run_dir):
+    return TrainSettings(**json.loads(RunFiles(run_dir).config.read_text()))
+
+
+def learning_rate(param, iteration):
+    """The rate Caffe's SGDSolver uses at ``iteration`` for the policies we generate."""
+    if param.lr_policy == "step":
+        return param.base_lr * param.gamma ** (iteration // param.stepsize)
+    if param.lr_policy == "fixed":
+        return param.base_lr
+    raise ValueError(f"lr_policy {param.lr_policy!r} is not supported here")
+
+
+def loss_terms(net):
+    """Names of the train net's loss tops (the outputs with a loss weight), in net order."""
+    return [name for name in net.outputs if net.blob_loss_weights.get(name, 0) != 0]
+
+
+class History:
+    """history.csv, rewritten atomically on each row (small: one row per ``log_every``)."""
+
+    def __init__(self, path, terms, ks, resume_at=None):
+        self.path = path
+        self.columns = (["iteration"] + terms + ["total_loss", "lr"] +
+                        [f"recall@{k}" for k in ks] + ["wall_s"])
+        self.rows = []
+        if resume_at is not None and path.exists():
+            with open(path, newline="") as f:
+                self.rows = [r for r in csv.DictReader(f) if int(r["iteration"]) <= resume_at]
+
+    @property
+    def wall_offset(self):
+        return float(self.rows[-1]["wall_s"]) if self.rows else 0.0
+
+    def add(self, row):
+        self.rows.append({c: row.get(c, "") for c in self.columns})
+        tmp = Path(str(self.path) + ".partial")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.columns)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        os.replace(tmp, self.path)
+
+
+def read_history(path):
+    """history.csv as {column: float array} (empty cells are NaN)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    columns = rows[0].keys() if rows else []
+    return {c: np.array([float(r[c]) if r[c] != "" else np.nan for r in rows]) for c in columns}
+
+
+class Trainer:
+    """One solver process. Rank 0 (or the only process) evaluates, snapshots and logs."""
+
+    def __init__(self, settings, rank=0, uid=None, resume=False, progress=True):
+        import caffe
+
+        self.caffe, self.settings, self.rank = caffe, settings, rank
+        self.files = RunFiles(settings.run_dir)
+        self.progress = progress and rank == 0
+        set_up_device(caffe, settings.gpus, rank)
+        self.solver = caffe.SGDSolver(str(self.files.solver))
+        self.param = read_solver(self.files.solver)
+        latest = self.files.latest_snapshot() if resume else None
+        if latest:
+            restore(caffe, self.solver, latest[1], self.files.snapshot(latest[0], "caffemodel"),
+                    self.files.partial)
+        elif settings.init_weights and rank == 0:  # other ranks receive it by NCCL broadcast
+            from abe.init_weights import initialize
+
+            initialized = self.files.partial / "init.caffemodel"
+            initialize(self.files.train, settings.init_weights, initialized)
+            self.solver.net.copy_from(str(initialized))
+            initialized.unlink()
+        if settings.gpus and len(settings.gpus) > 1:
+            self.nccl = caffe.NCCL(self.solver, uid)
+            if caffe.has_nccl():
+                self.nccl.bcast()
+            self.solver.add_callback(self.nccl)
+            if self.solver.param.layer_wise_reduce:
+                self.solver.net.after_backward(self.nccl)
+        self.terms = loss_terms(self.solver.net)
+        self.test_net = None
+        if rank == 0:
+            self.test_net = caffe.Net(str(self.files.deploy), caffe.TEST)
+            self.test_net.share_with(self.solver.net)
+        start = self.solver.iter
+        self.history = History(self.files.history, self.terms, settings.ks,
+                               resume_at=start if latest else None)
+        self.best = (json.loads(self.files.best_info.read_text())
+                     if latest and self.files.best_info.exists() else None)
+
+    @property
+    def iteration(self):
+        return self.solver.iter
+
+    def step(self):
+        """One SGD iteration; the raw value of each loss term, checked to be finite."""
+        self.solver.step(1)
+        values = {t: float(self.solver.net.blobs[t].data.ravel()[0]) for t in self.terms}
+        for term, value in values.items():
+            if not math.isfinite(value):
+                raise LossNotFinite(f"loss {term} is {value} at iteration {self.iteration}; "
+                                    f"stopped, the last good snapshot is kept")
+        return values
+
+    def evaluate(self):
+        """Recall@K (ensemble and learners) on the test LMDB(s) with the current weights."""
+        from abe import evaluation
+
+        features = evaluation.embed_test_set(self.test_net, self.settings.test_lmdbs,
+                                             self.settings.eval_batch, progress=False)
+        return evaluation.evaluate(features, self.settings.ks)
+
+    def snapshot(self):
+        """Write iter_N.caffemodel/.solverstate via the .partial folder; drop older ones."""
+        iteration = self.iteration
+        self.solver.snapshot()
+        made = self.files.partial / f"snap_iter_{iteration}"
+        os.replace(f"{made}.caffemodel", self.files.snapshot(iteration, "caffemodel"))
+        os.replace(f"{made}.solverstate", self.files.snapshot(iteration, "solverstate"))
+        for old in self.files.snapshots.glob("iter_*.*"):
+            if not old.name.startswith(f"iter_{iteration}."):
+                old.unlink()
+
+    def keep_if_best(self, recall):
+        """Save the weights as best.caffemodel when Recall@1 improved."""
+        r1 = recall[str(self.settings.ks[0])]
+        if self.best is not None and r1 <= self.best["recall"][str(self.settings.ks[0])]:
+            return
+        tmp = self.files.partial / "best.caffemodel"
+        self.solver.net.save(str(tmp))
+        os.replace(tmp, self.files.best_model)
+        self.best = {"iteration": self.iteration, "recall": recall}
+        write_atomic(self.files.best_info, json.dumps(self.best) + "\n")
+
+    def run(self, on_eval=None):
+        """Train to max_iter; returns the last evaluation (rank 0) or None."""
+        from tqdm import tqdm
+
+        s, result = self.settings, None
+        wall0 = time.perf_counter() - self.history.wall_offset
+        window = {t: [] for t in self.terms}
+        bar = tqdm(total=s.max_iter, initial=self.iteration, desc="train", unit="it",
+                   disable=not self.progress)
+        if self.rank == 0 and self.iteration == 0 and s.eval_every:
+            result = self.log(window, wall0, evaluate=True)
+            if on_eval:
+                on_eval(self.iteration, result)
+        while self.iteration < s.max_iter:
+            for term, value in self.step().items():
+                window[term].append(value)
+            bar.update(1)
+            if self.rank != 0:
+                continue
+            it = self.iteration
+            do_eval = s.eval_every and (it % s.eval_every == 0 or it == s.max_iter)
+            if do_eval or it % s.log_every == 0:
+                evaluation = self.log(window, wall0, evaluate=do_eval)
+                bar.set_postfix(loss=f"{self.history.rows[-1]['total_loss']:.4f}")
+                if evaluation:
+                    result = evaluation
+                    if on_eval:
+                        on_eval(it, result)
+            if (s.snapshot_every and it % s.snapshot_every == 0) or it == s.max_iter:
+                self.snapshot()
+        bar.close()
+        return result
+
+    def log(self, window, wall0, evaluate):
+        """One history row: mean loss terms since the last row, lr, Recall@K if evaluated."""
+        row = {"iteration": self.iteration, "lr": learning_rate(self.param, self.iteration)}
+        if any(window.values()):
+            means = {t: float(np.mean(v)) for t, v in window.items()}
+            weights = self.solver.net.blob_loss_weights
+            row.update(means, total_loss=sum(weights[t] * v for t, v in means.items()))
+        for values in window.values():
+            values.clear()
+        result = None
+        if evaluate:
+            result = self.evaluate()
+            row.update({f"recall@{k}": v for k, v in result["recall"].items()})
+            self.keep_if_best(result["recall"])
+        row["wall_s"] = round(time.perf_counter() - wall0, 3)
+        self.history.add(row)
+        return result
+
+
+def set_up_device(caffe, gpus, rank):
+    if not gpus:
+        caffe.set_mode_cpu()
+    else:
+        caffe.set_mode_gpu()
+        caffe.set_device(gpus[rank])
+    if len(gpus) > 1:
+        caffe.set_solver_count(len(gpus))
+        caffe.set_solver_rank(rank)
+        caffe.set_multiprocess(True)
+
+
+def read_solver(path):
+    from caffe.proto import caffe_pb2
+    from google.protobuf import text_format
+
+    return text_format.Parse(Path(path).read_text(), caffe_pb2.SolverParameter())
+
+
+def restore(caffe, solver, solverstate, caffemodel, scratch):
+    """Restore a renamed snapshot: the state names the caffemodel under its temporary name,
+    so a copy pointing at the final name is restored instead."""
+    from caffe.proto import caffe_pb2
+
+    state = caffe_pb2.SolverState()
+    state.ParseFromString(Path(solverstate).read_bytes())
+    state.learned_net = str(Path(caffemodel).resolve())
+    fixed = Path(scratch) / "restore.solverstate"
+    fixed.write_bytes(state.SerializeToString())
+    solver.restore(str(fixed))
+    fixed.unlink()
+
+
+def new_uid(caffe):
+    """NCCL's session id, or a stand-in of the same role where Caffe has no NCCL."""
+    return caffe.NCCL.new_uid() if caffe.has_nccl() else secrets.token_hex(64)
+
+
+def _rank_main(settings, rank, uid, resume, report):
+    trainer = Trainer(settings, rank=rank, uid=uid, resume=resume)
+    report.put((rank, uid, trainer.caffe.solver_rank(), trainer.caffe.solver_count()))
+    trainer.run()
+
+
+def train_parallel(settings, resume=False):
+    """One process per GPU (BVLC python/train.py); returns [(rank, uid, solver_rank, count)]
+    as each process saw them. A failing rank stops all of them."""
+    import caffe
+
+    uid = new_uid(caffe)
+    context = multiprocessing.get_context("spawn")
+    report = context.Queue()
+    processes = [context.Process(target=_rank_main, args=(settings, rank, uid, resume, report),
+                                 daemon=True) for rank in range(len(settings.gpus))]
+    for process in processes:
+        process.start()
+    seen = []
+    try:
+        for process in processes:
+            process.join()
+            if process.exitcode != 0:
+                raise RuntimeError(f"training process {processes.index(process)} exited with "
+                                   f"status {process.exitcode}")
+        while len(seen) < len(processes) and not report.empty():
+            seen.append(report.get())
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+    return sorted(seen)
+
+
+def clear_run(run_dir):
+    """Remove a previous run's snapshots and history (a fresh, not resumed, run)."""
+    files = RunFiles(run_dir)
+    shutil.rmtree(files.snapshots, ignore_errors=True)
+    for path in (files.history, files.best_info):
+        if path.exists():
+            path.unlink()

@@ -1,0 +1,190 @@
+#!/usr/bin/env python3
+"""Train ABE-M (or M-heads) with Caffe's SGDSolver, evaluating Recall@K as it goes.
+
+    train.py --run-dir runs/cub8 --train-lmdb data/cub/train_lmdb \\
+             --test-lmdb data/cub/test_lmdb --dataset cub --M 8
+    train.py --run-dir runs/cub8 --resume                 # continue from the last snapshot
+    train.py --run-dir runs/x --config prototxt/abe8_512 --train-lmdb ... --test-lmdb ...
+    train.py ... --gpus 0,1,2,3                            # one process per GPU (NCCL)
+
+The network is generated from the options below (or taken from --config, a gen_prototxt
+output folder). Weights start from BVLC's ImageNet GoogLeNet when --init-weights exists
+(default weights/bvlc_googlenet.caffemodel); otherwise from scratch, with a warning.
+Writes RUN/history.csv, RUN/snapshots/ (last snapshot + best Recall@1) and RUN/recall.json.
+
+Solver defaults (the paper gives only SGD, momentum 0.9, batch 64): base_lr 1e-4 with
+lr_mult 10 on the new layers (attention 1x1 convs, embedding FC): the pretrained trunk is
+fine-tuned gently while the randomly initialised layers learn fast; weight decay 2e-4
+(BVLC GoogLeNet's own); step schedule, lr halved at half the iterations; iterations per
+dataset: cub 10000, cars 15000, sop 40000, inshop 30000 (about 50 passes over CUB/CARS's
+anchors, fewer over the large sets). All are overridable.
+"""
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("GLOG_minloglevel", "2")
+
+from abe import evaluation, netgen, training  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_WEIGHTS = REPO / "weights" / "bvlc_googlenet.caffemodel"
+DATASET_ITERS = {"cub": 10000, "cars": 15000, "sop": 40000, "inshop": 30000}
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """Usage errors: one line and exit status 2."""
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def parse_args(argv):
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run-dir", type=Path, required=True, help="the run's folder")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --run-dir from its newest snapshot")
+    p.add_argument("--config", type=Path, help="folder with train/deploy/solver.prototxt "
+                                               "(instead of generating them)")
+    data = p.add_argument_group("data")
+    data.add_argument("--train-lmdb", type=Path, help="training LMDB (pair data layer source)")
+    data.add_argument("--test-lmdb", type=Path, help="test LMDB (all-vs-all Recall@K)")
+    data.add_argument("--query-lmdb", type=Path, help="In-shop query LMDB")
+    data.add_argument("--gallery-lmdb", type=Path, help="In-shop gallery LMDB")
+    data.add_argument("--dataset", choices=sorted(DATASET_ITERS), default="cub",
+                      help="picks Recall@K's Ks and the default iterations (default cub)")
+    data.add_argument("--ks", type=int, nargs="+", help="Ks instead of the dataset's")
+    net = p.add_argument_group("network (see tools/gen_prototxt.py)")
+    cfg = netgen.NetConfig
+    net.add_argument("--arch", choices=netgen.ARCHS, default=cfg.arch)
+    net.add_argument("--M", type=int, default=cfg.M, help="learners (default %(default)s)")
+    net.add_argument("--embed-dim", type=int, default=cfg.embed_dim)
+    net.add_argument("--att-depth", type=int, default=cfg.att_depth)
+    net.add_argument("--branch", choices=list(netgen.BRANCHES), default=cfg.branch)
+    net.add_argument("--lambda-div", type=float, default=cfg.lambda_div)
+    net.add_argument("--batch", type=int, default=cfg.batch, help="images per iteration")
+    net.add_argument("--crop", type=int, default=cfg.crop, help="input size, multiple of 32")
+    net.add_argument("--lr-mult-new", type=float, default=cfg.lr_mult_new,
+                     help="lr_mult of the new layers (default %(default)s)")
+    sol = p.add_argument_group("solver")
+    sol.add_argument("--base-lr", type=float, default=netgen.SolverConfig.base_lr)
+    sol.add_argument("--weight-decay", type=float, default=netgen.SolverConfig.weight_decay)
+    sol.add_argument("--lr-policy", choices=("fixed", "step"), default="step")
+    sol.add_argument("--gamma", type=float, default=netgen.SolverConfig.gamma)
+    sol.add_argument("--stepsize", type=int, help="default: half of --max-iter")
+    sol.add_argument("--max-iter", type=int, help="default: per --dataset (see above)")
+    run = p.add_argument_group("run")
+    run.add_argument("--eval-every", type=int, default=1000, help="iterations between Recall@K")
+    run.add_argument("--snapshot-every", type=int, default=1000)
+    run.add_argument("--log-every", type=int, default=20, help="iterations per history row")
+    run.add_argument("--eval-batch", type=int, default=evaluation.DEFAULT_BATCH)
+    init = run.add_mutually_exclusive_group()
+    init.add_argument("--init-weights", type=Path,
+                      help=f"pretrained GoogLeNet (default {DEFAULT_WEIGHTS.relative_to(REPO)} "
+                           "when present)")
+    init.add_argument("--from-scratch", action="store_true",
+                      help="no pretrained weights (Xavier/BVLC fillers everywhere)")
+    run.add_argument("--seed", type=int, default=0, help="Caffe filler seed")
+    device = run.add_mutually_exclusive_group()
+    device.add_argument("--gpus", help="comma-separated GPU ids, one process each")
+    device.add_argument("--cpu", action="store_true", help="train on the CPU (default)")
+    args = p.parse_args(argv)
+    for name in ("eval_every", "snapshot_every", "log_every", "eval_batch"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be positive")
+    if args.ks is not None and min(args.ks) < 1:
+        p.error("--ks must be positive")
+    try:
+        args.gpus = [int(g) for g in args.gpus.split(",")] if args.gpus else []
+    except ValueError:
+        p.error(f"--gpus must be comma-separated integers, got {args.gpus!r}")
+    if len(set(args.gpus)) != len(args.gpus) or any(g < 0 for g in args.gpus):
+        p.error("--gpus must list distinct non-negative ids")
+    return args, p
+
+
+def new_run_settings(args, p):
+    """Settings, net config and solver config of a fresh run (usage errors exit here)."""
+    if args.train_lmdb is None and args.config is None:
+        p.error("give --train-lmdb (or --config with its own data layer source)")
+    if (args.test_lmdb is None) == (args.query_lmdb is None or args.gallery_lmdb is None):
+        p.error("give --test-lmdb, or --query-lmdb and --gallery-lmdb")
+    lmdbs = [args.test_lmdb] if args.test_lmdb else [args.query_lmdb, args.gallery_lmdb]
+    for path in lmdbs + [args.train_lmdb, args.config]:
+        if path is not None and not path.exists():
+            p.error(f"{path} does not exist")
+    max_iter = args.max_iter or DATASET_ITERS[args.dataset]
+    if max_iter < 1:
+        p.error("--max-iter must be positive")
+    if args.init_weights is not None and not args.init_weights.exists():
+        p.error(f"{args.init_weights} does not exist")
+    init = args.init_weights or (DEFAULT_WEIGHTS if DEFAULT_WEIGHTS.exists() else None)
+    if init is None and not args.from_scratch:
+        print(f"train: warning: {DEFAULT_WEIGHTS} not found; training from scratch "
+              f"(run weights/fetch_googlenet.py for the paper's ImageNet initialization)",
+              file=sys.stderr)
+    settings = training.TrainSettings(
+        run_dir=str(args.run_dir), max_iter=max_iter, eval_every=args.eval_every,
+        snapshot_every=args.snapshot_every, log_every=args.log_every,
+        test_lmdbs=[str(x) for x in lmdbs],
+        ks=sorted(set(args.ks)) if args.ks else list(evaluation.default_ks(args.dataset)),
+        eval_batch=args.eval_batch,
+        init_weights="" if args.from_scratch or init is None else str(init), gpus=args.gpus,
+        seed=args.seed)
+    net_cfg = solver_cfg = None
+    if args.config is None:
+        try:
+            net_cfg = netgen.NetConfig(
+                arch=args.arch, M=args.M, embed_dim=args.embed_dim, att_depth=args.att_depth,
+                branch=args.branch, lambda_div=args.lambda_div, batch=args.batch,
+                crop=args.crop, source=str(args.train_lmdb), lr_mult_new=args.lr_mult_new)
+            solver_cfg = netgen.SolverConfig(
+                base_lr=args.base_lr, lr_policy=args.lr_policy, gamma=args.gamma,
+                stepsize=args.stepsize or max(1, max_iter // 2), max_iter=max_iter,
+                weight_decay=args.weight_decay)
+        except netgen.ConfigError as error:
+            p.error(str(error))
+    return settings, net_cfg, solver_cfg
+
+
+def main(argv=None):
+    args, p = parse_args(argv)
+    files = training.RunFiles(args.run_dir)
+    if args.resume:
+        if not files.config.exists():
+            p.error(f"--resume: {args.run_dir} holds no run (no config.json)")
+        settings = training.load_settings(args.run_dir)
+        if args.max_iter:
+            settings.max_iter = args.max_iter
+        if args.gpus:
+            settings.gpus = args.gpus
+        elif args.cpu:
+            settings.gpus = []
+        training.prepare_run(settings, config_dir=args.run_dir)
+    else:
+        settings, net_cfg, solver_cfg = new_run_settings(args, p)
+        training.clear_run(args.run_dir)
+        training.prepare_run(settings, config_dir=args.config, net_cfg=net_cfg,
+                             solver_cfg=solver_cfg,
+                             train_source=args.train_lmdb if args.config else None)
+    try:
+        if len(settings.gpus) > 1:
+            training.train_parallel(settings, resume=args.resume)
+            result = None
+        else:
+            trainer = training.Trainer(settings, resume=args.resume)
+            result = trainer.run(on_eval=lambda it, r: print(
+                f"iteration {it}: " + evaluation.format_table(r).splitlines()[2].strip(),
+                file=sys.stderr))
+    except training.LossNotFinite as error:
+        print(f"train: {error}", file=sys.stderr)
+        return 1
+    if result is not None:
+        training.write_atomic(files.root / "recall.json", json.dumps(result, indent=2) + "\n")
+        print(evaluation.format_table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
