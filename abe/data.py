@@ -109,9 +109,6 @@ def _prefetch_worker(source, keys, slots, mean, tasks, results, parent):
     or until the parent process is gone (no orphans if Caffe is killed)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     results.cancel_join_thread()
-    import cv2
-
-    cv2.setNumThreads(1)
     with open_readonly(source) as env, env.begin() as txn:
         while True:
             try:

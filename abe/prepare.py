@@ -1,7 +1,9 @@
 """Dataset splits to Caffe LMDBs: parallel decode/resize workers, one writer, a skip report.
 
 Workers return finished records in annotation order (``imap``), so the LMDB is the same for any
-number of workers and for a rerun after an interrupted run.
+number of workers and for a rerun after an interrupted run. They are started by a fork server
+(a clean process with this module preloaded): forking the caller itself can deadlock a worker
+on a lock that one of the caller's threads (OpenCV's pool, tqdm's monitor) held at the fork.
 """
 import multiprocessing
 import os
@@ -56,7 +58,9 @@ def build_split(records, path, *, name, size=256, encoding="jpeg", quality=DEFAU
     work = partial(prepare_record, size=size, encoding=encoding, quality=quality)
     chunk = max(1, min(64, len(records) // (workers * 8) or 1))
     try:
-        with multiprocessing.get_context("fork").Pool(workers, _init_worker) as pool:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        with context.Pool(workers, _init_worker) as pool:
             results = pool.imap(work, records, chunksize=chunk)
             for record, (value, reason) in tqdm(zip(records, results), total=len(records),
                                                 desc=name, unit="img", disable=not progress):

@@ -15,6 +15,7 @@ import pytest
 from conftest import REPO
 
 from abe.data import close_data_layers, iter_test_batches, read_labels
+from abe.imaging import encode_jpeg
 from abe.lmdb_store import LmdbWriter, make_datum
 
 SIZE, CROP = 32, 24
@@ -29,10 +30,12 @@ def coded_image(index):
     return np.dstack([np.full_like(y, index), 8 * y, 8 * x]).astype(np.uint8)
 
 
-def write_lmdb(path, labels):
+def write_lmdb(path, labels, jpeg_quality=None):
     writer = LmdbWriter(path)
     for index, label in enumerate(labels):
-        writer.append(make_datum(coded_image(index), label), f"img{index}.png", label, label)
+        image = coded_image(index)
+        jpeg = encode_jpeg(image, jpeg_quality) if jpeg_quality else None
+        writer.append(make_datum(image, label, jpeg), f"img{index}.png", label, label)
     return writer.commit()
 
 
@@ -119,6 +122,14 @@ def test_no_mirror_and_same_seed_same_batches(pair_net, coded_lmdb):
     for a, b, c in zip(prefetched, inline, other):
         assert all((x == y).all() for x, y in zip(a, b))
         assert not (a[0] == c[0]).all()
+
+
+def test_jpeg_datums_give_the_same_batches_up_to_compression(pair_net, coded_lmdb, tmp_path):
+    jpeg_lmdb = write_lmdb(tmp_path / "jpeg_lmdb", LABELS, jpeg_quality=95)
+    raw = next(batches(pair_net(source=str(coded_lmdb), seed=1), 1))
+    jpeg = next(batches(pair_net(source=str(jpeg_lmdb), seed=1), 1))
+    assert (raw[1] == jpeg[1]).all() and (raw[2] == jpeg[2]).all()
+    assert np.abs(raw[0] - jpeg[0]).mean() < 2.0
 
 
 def test_each_solver_rank_draws_its_own_stream(caffe, pair_net, coded_lmdb):
