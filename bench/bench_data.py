@@ -2,7 +2,7 @@
 """Data pipeline benchmarks, on real photographs (scikit-image's bundled samples):
 
 1. datum payload trade-off: bytes per 256 x 256 image, fidelity (PSNR) and decode time for raw
-   pixels and JPEG at several qualities, with and without chroma subsampling;
+   pixels and JPEG at several qualities, with and without chroma subsampling; padding colour;
 2. LMDB build throughput (data_prep's pipeline) with 1 and 2 workers (goal: >= 1.7x);
 3. PairDataLayer throughput at crop 224 in a real Caffe net, JPEG and raw LMDBs, prefetching
    with 2 workers vs decoding in Caffe's thread (goal: >= 600 images/s on 2 cores).
@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 import skimage.data  # noqa: E402
 
 from abe import datasets  # noqa: E402
-from abe.imaging import resize_and_pad  # noqa: E402
+from abe.imaging import PAD_BGR, encode_jpeg, resize_and_pad  # noqa: E402
 from abe.prepare import build_split  # noqa: E402
 
 PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "colorwheel",
@@ -54,6 +54,18 @@ def payload_tradeoff(photos):
             kib = np.mean([len(e) for e in encoded]) / 1024
             fidelity = np.mean([psnr(a, b) for a, b in zip(squares, decoded)])
             print(f"{f'JPEG q{quality} {name}':<16}{kib:>10.1f}{fidelity:>9.1f}{decode_ms:>11.2f}")
+
+
+def padding_tradeoff(photos):
+    """JPEG bytes of portrait-cropped photos (half the square is padding) per padding colour,
+    and the mean |input| the padding feeds the network after mean subtraction."""
+    portraits = [photo[:, : photo.shape[1] // 2] for photo in photos]
+    mean = np.array(PAD_BGR, np.float32)
+    for name, colour in (("mean BGR", PAD_BGR), ("black", (0, 0, 0)), ("white", (255, 255, 255))):
+        squares = [resize_and_pad(p, 256, pad=colour) for p in portraits]
+        kib = np.mean([len(encode_jpeg(square, 95)) for square in squares]) / 1024
+        print(f"padding {name:<9}: JPEG q95 4:4:4 {kib:5.1f} KiB/image, "
+              f"|input - mean| in the padding {np.abs(np.array(colour) - mean).mean():5.1f}")
 
 
 def write_photo_folder(root, photos, count, classes=32, seed=0):
@@ -116,6 +128,7 @@ def main():
     print(f"cores: {os.cpu_count()}, load average: {os.getloadavg()[0]:.1f}")
     photos = photos_bgr()
     payload_tradeoff(photos)
+    padding_tradeoff(photos)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         write_photo_folder(tmp / "photos", photos, args.images)
