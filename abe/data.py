@@ -191,7 +191,11 @@ class PairDataLayer(caffe.Layer):
     """
 
     def setup(self, bottom, top):
-        params = dict(PAIR_DEFAULTS, **json.loads(self.param_str or "{}"))
+        given = json.loads(self.param_str or "{}")
+        unknown = sorted(set(given) - set(PAIR_DEFAULTS) - {"source"})
+        if unknown:
+            raise ValueError(f"PairDataLayer param_str: unknown keys {unknown}")
+        params = dict(PAIR_DEFAULTS, **given)
         if "source" not in params:
             raise ValueError('PairDataLayer param_str needs "source" (the training LMDB)')
         if len(top) != 3:

@@ -150,6 +150,20 @@ def test_a_set_without_positive_pairs_is_refused(pair_net, tmp_path):
     assert "\n" not in str(error.value).strip()
 
 
+def test_batch_and_pair_counts_come_from_param_str(pair_net, coded_lmdb):
+    net = pair_net(source=str(coded_lmdb), batch_pairs=6, positive_pairs=2, crop=16, workers=1)
+    data, label, sim = next(batches(net, 1))
+    assert data.shape == (12, 3, 16, 16) and label.shape == (12,)
+    assert (sim == [1, 1, 0, 0, 0, 0]).all()
+    same = label[:6] == label[6:]
+    assert same[:2].all() and not same[2:].any()
+
+
+def test_a_misspelt_parameter_is_refused(pair_net, coded_lmdb):
+    with pytest.raises(Exception, match=r"unknown keys \['batch_pair'\]"):
+        pair_net(source=str(coded_lmdb), batch_pair=8)
+
+
 def test_test_reader_centre_crops_every_record_once_in_order(coded_lmdb):
     got = list(iter_test_batches(coded_lmdb, 8, crop=CROP))
     assert [len(labels) for _, labels in got] == [8, 8, 4]  # the last partial batch included
