@@ -26,7 +26,7 @@ RUN apt-get update \
       libopenblas-dev liblmdb-dev \
       python3 python3-dev python3-venv \
  && rm -rf /var/lib/apt/lists/* \
- && test -f /usr/include/nccl.h
+ && { test -f /usr/include/nccl.h || { echo "base image lacks libnccl-dev (nccl.h)" >&2; exit 1; }; }
 
 WORKDIR /opt/abe-caffe
 
@@ -60,6 +60,7 @@ RUN useradd --create-home --shell /bin/bash --uid 10001 --user-group abe \
  && chown abe:abe /data /runs /opt/abe-caffe/weights \
  && chmod 1777 /data /runs /opt/abe-caffe/weights
 USER 10001:10001
-ENV PATH=/opt/abe-caffe/.venv/bin:$PATH
+ENV PATH=/opt/abe-caffe/.venv/bin:$PATH \
+    MPLCONFIGDIR=/tmp/matplotlib
 VOLUME ["/data", "/runs", "/opt/abe-caffe/weights"]
 ENTRYPOINT ["/opt/abe-caffe/train.sh"]
