@@ -52,7 +52,8 @@ class TrainSettings:
     eval_batch: int = 50
     init_weights: str = ""  # bvlc_googlenet.caffemodel, empty: from scratch
     scratch_init: str = "he"  # from scratch: "he" (see he_initialize) or "bvlc" (the fillers)
-    gpus: list = field(default_factory=list)  # empty: CPU
+    gpus: list = field(default_factory=list)  # one process per id; empty: one CPU process
+    cpu: bool = False  # with several gpus: CPU stand-in processes (no gradient reduction)
     seed: int = 0
 
 
@@ -96,7 +97,8 @@ def write_solver(files, solver_param, settings):
     solver_param.snapshot = 0
     solver_param.snapshot_prefix = str((files.partial / "snap").resolve())
     solver_param.random_seed = settings.seed
-    solver_param.solver_mode = solver_param.GPU if settings.gpus else solver_param.CPU
+    on_gpu = settings.gpus and not settings.cpu
+    solver_param.solver_mode = solver_param.GPU if on_gpu else solver_param.CPU
     write_atomic(files.solver, text_format.MessageToString(solver_param))
 
 
@@ -153,6 +155,17 @@ def loss_terms(net):
     return [name for name in net.outputs if net.blob_loss_weights.get(name, 0) != 0]
 
 
+def layers_computing(net, blobs):
+    """{layer index: [the given blobs among its tops]} for the layers that compute them."""
+    found = {}
+    for index in range(len(net.layers)):
+        tops = [net._blob_names[i] for i in net._top_ids(index)]
+        hit = [b for b in blobs if b in tops]
+        if hit:
+            found[index] = hit
+    return found
+
+
 class History:
     """history.csv, rewritten atomically on each row (small: one row per ``log_every``)."""
 
@@ -196,7 +209,7 @@ class Trainer:
         self.caffe, self.settings, self.rank = caffe, settings, rank
         self.files = RunFiles(settings.run_dir)
         self.progress = progress and rank == 0
-        set_up_device(caffe, settings.gpus, rank)
+        set_up_device(caffe, settings, rank)
         self.solver = caffe.SGDSolver(str(self.files.solver))
         self.param = read_solver(self.files.solver)
         latest = self.files.latest_snapshot() if resume else None
@@ -214,12 +227,14 @@ class Trainer:
             he_initialize(self.solver.net, settings.seed)
         if settings.gpus and len(settings.gpus) > 1:
             self.nccl = caffe.NCCL(self.solver, uid)
-            if caffe.has_nccl():
+            if caffe.has_nccl():  # a build without NCCL has the class but no reduction
                 self.nccl.bcast()
-            self.solver.add_callback(self.nccl)
-            if self.solver.param.layer_wise_reduce:
-                self.solver.net.after_backward(self.nccl)
+                self.solver.add_callback(self.nccl)
+                if self.solver.param.layer_wise_reduce:
+                    self.solver.net.after_backward(self.nccl)
         self.terms = loss_terms(self.solver.net)
+        self.loss_layers = layers_computing(self.solver.net, self.terms)
+        self.solver.net.after_forward(self.check_losses)
         self.test_net = None
         if rank == 0:
             self.test_net = caffe.Net(str(self.files.deploy), caffe.TEST)
@@ -234,15 +249,20 @@ class Trainer:
     def iteration(self):
         return self.solver.iter
 
-    def step(self):
-        """One SGD iteration; the raw value of each loss term, checked to be finite."""
-        self.solver.step(1)
-        values = {t: float(self.solver.net.blobs[t].data.ravel()[0]) for t in self.terms}
-        for term, value in values.items():
+    def check_losses(self, layer_index):
+        """After each layer's forward: a non-finite loss stops before its backward pass (whose
+        NaNs could corrupt Caffe's max-pooling indices) and before any update."""
+        for term in self.loss_layers.get(layer_index, ()):
+            value = float(self.solver.net.blobs[term].data.ravel()[0])
             if not math.isfinite(value):
-                raise LossNotFinite(f"loss {term} is {value} at iteration {self.iteration}; "
-                                    f"stopped, the last good snapshot is kept")
-        return values
+                raise LossNotFinite(f"loss {term} is {value} at iteration "
+                                    f"{self.solver.iter + 1}; stopped, the last good snapshot "
+                                    f"is kept")
+
+    def step(self):
+        """One SGD iteration; the raw value of each loss term (checked during the forward)."""
+        self.solver.step(1)
+        return {t: float(self.solver.net.blobs[t].data.ravel()[0]) for t in self.terms}
 
     def evaluate(self):
         """Recall@K (ensemble and learners) on the test LMDB(s) with the current weights."""
@@ -287,24 +307,26 @@ class Trainer:
             result = self.log(window, wall0, evaluate=True)
             if on_eval:
                 on_eval(self.iteration, result)
-        while self.iteration < s.max_iter:
-            for term, value in self.step().items():
-                window[term].append(value)
-            bar.update(1)
-            if self.rank != 0:
-                continue
-            it = self.iteration
-            do_eval = s.eval_every and (it % s.eval_every == 0 or it == s.max_iter)
-            if do_eval or it % s.log_every == 0:
-                evaluation = self.log(window, wall0, evaluate=do_eval)
-                bar.set_postfix(loss=f"{self.history.rows[-1]['total_loss']:.4f}")
-                if evaluation:
-                    result = evaluation
-                    if on_eval:
-                        on_eval(it, result)
-            if (s.snapshot_every and it % s.snapshot_every == 0) or it == s.max_iter:
-                self.snapshot()
-        bar.close()
+        try:
+            while self.iteration < s.max_iter:
+                for term, value in self.step().items():
+                    window[term].append(value)
+                bar.update(1)
+                if self.rank != 0:
+                    continue
+                it = self.iteration
+                do_eval = s.eval_every and (it % s.eval_every == 0 or it == s.max_iter)
+                if do_eval or it % s.log_every == 0:
+                    evaluation = self.log(window, wall0, evaluate=do_eval)
+                    bar.set_postfix(loss=f"{self.history.rows[-1]['total_loss']:.4f}")
+                    if evaluation:
+                        result = evaluation
+                        if on_eval:
+                            on_eval(it, result)
+                if (s.snapshot_every and it % s.snapshot_every == 0) or it == s.max_iter:
+                    self.snapshot()
+        finally:
+            bar.close()
         return result
 
     def log(self, window, wall0, evaluate):
@@ -346,8 +368,9 @@ def he_initialize(net, seed):
             bias.data[...] = 0
 
 
-def set_up_device(caffe, gpus, rank):
-    if not gpus:
+def set_up_device(caffe, settings, rank):
+    gpus = settings.gpus
+    if not gpus or settings.cpu:
         caffe.set_mode_cpu()
     else:
         caffe.set_mode_gpu()
@@ -398,8 +421,9 @@ def train_parallel(settings, resume=False):
     uid = new_uid(caffe)
     context = multiprocessing.get_context("spawn")
     report = context.Queue()
-    processes = [context.Process(target=_rank_main, args=(settings, rank, uid, resume, report),
-                                 daemon=True) for rank in range(len(settings.gpus))]
+    # not daemonic (unlike BVLC's): each rank's data layer starts prefetch processes itself
+    processes = [context.Process(target=_rank_main, args=(settings, rank, uid, resume, report))
+                 for rank in range(len(settings.gpus))]
     for process in processes:
         process.start()
     seen = []

@@ -86,9 +86,12 @@ def parse_args(argv):
     init.add_argument("--from-scratch", action="store_true",
                       help="no pretrained weights (Xavier/BVLC fillers everywhere)")
     run.add_argument("--seed", type=int, default=0, help="Caffe filler seed")
-    device = run.add_mutually_exclusive_group()
-    device.add_argument("--gpus", help="comma-separated GPU ids, one process each")
-    device.add_argument("--cpu", action="store_true", help="train on the CPU (default)")
+    run.add_argument("--gpus", help="comma-separated GPU ids, one training process each "
+                                    "(caffe.NCCL, as BVLC's python/train.py)")
+    run.add_argument("--cpu", action="store_true",
+                     help="train on the CPU (the default without --gpus); with --gpus: one CPU "
+                          "process per listed id, a stand-in that exercises the multi-process "
+                          "path without GPUs (no gradient reduction)")
     args = p.parse_args(argv)
     for name in ("eval_every", "snapshot_every", "log_every", "eval_batch"):
         if getattr(args, name) < 1:
@@ -129,7 +132,7 @@ def new_run_settings(args, p):
         snapshot_every=args.snapshot_every, log_every=args.log_every,
         test_lmdbs=[str(x) for x in lmdbs],
         ks=sorted(set(args.ks)) if args.ks else list(evaluation.default_ks(args.dataset)),
-        eval_batch=args.eval_batch,
+        eval_batch=args.eval_batch, cpu=args.cpu,
         init_weights="" if args.from_scratch or init is None else str(init), gpus=args.gpus,
         seed=args.seed)
     net_cfg = solver_cfg = None
@@ -157,10 +160,8 @@ def main(argv=None):
         settings = training.load_settings(args.run_dir)
         if args.max_iter:
             settings.max_iter = args.max_iter
-        if args.gpus:
-            settings.gpus = args.gpus
-        elif args.cpu:
-            settings.gpus = []
+        if args.gpus or args.cpu:
+            settings.gpus, settings.cpu = args.gpus, args.cpu
         training.prepare_run(settings, config_dir=args.run_dir)
     else:
         settings, net_cfg, solver_cfg = new_run_settings(args, p)
