@@ -52,7 +52,11 @@ def _init_worker():
 
 def build_split(records, path, *, name, size=256, encoding="jpeg", quality=DEFAULT_QUALITY,
                 workers=1, progress=True):
-    """Write ``records`` to the LMDB ``path`` (atomically); return its SplitReport."""
+    """Write ``records`` to the LMDB ``path`` (atomically); return its SplitReport.
+
+    The workers come from a fork server, so a script calling this needs the usual
+    ``if __name__ == "__main__":`` guard.
+    """
     report = SplitReport(name)
     writer = LmdbWriter(path)
     work = partial(prepare_record, size=size, encoding=encoding, quality=quality)

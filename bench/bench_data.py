@@ -12,6 +12,7 @@
 import argparse
 import json
 import os
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ import skimage.data  # noqa: E402
 
 from abe import datasets  # noqa: E402
 from abe.imaging import PAD_BGR, encode_jpeg, resize_and_pad  # noqa: E402
-from abe.prepare import build_split  # noqa: E402
+from abe.prepare import DEFAULT_QUALITY, build_split, prepare_record  # noqa: E402
 
 PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "colorwheel",
           "hubble_deep_field", "retina"]
@@ -81,17 +82,36 @@ def write_photo_folder(root, photos, count, classes=32, seed=0):
                     [cv2.IMWRITE_JPEG_QUALITY, 90])
 
 
+def cpu_seconds(who=resource.RUSAGE_SELF):
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+def all_cpu_seconds():
+    """CPU time of this process and of its children that have been waited for."""
+    return cpu_seconds() + cpu_seconds(resource.RUSAGE_CHILDREN)
+
+
 def build_throughput(root, out):
     splits = datasets.load("folder", root)
     records = splits["train"] + splits["test"]
     rates = {}
     for workers in (1, 2):
-        start = time.perf_counter()
+        start, writer_cpu = time.perf_counter(), cpu_seconds()
         build_split(records, out / f"w{workers}_lmdb", name=f"{workers} worker(s)",
                     workers=workers, progress=False)
         rates[workers] = len(records) / (time.perf_counter() - start)
-        print(f"LMDB build, {workers} worker(s): {rates[workers]:.0f} images/s ({len(records)} images)")
+        writer_ms = (cpu_seconds() - writer_cpu) / len(records) * 1e3
+        print(f"LMDB build, {workers} worker(s): {rates[workers]:.0f} images/s "
+              f"({len(records)} images; writer {writer_ms:.2f} CPU-ms per image)")
     print(f"LMDB build speed-up with 2 workers: {rates[2] / rates[1]:.2f}x (goal >= 1.7x)")
+    # The same work without contention effects: a worker's CPU per image, measured in-process.
+    worker_cpu = cpu_seconds()
+    for record in records:
+        prepare_record(record, 256, "jpeg", DEFAULT_QUALITY)
+    worker_ms = (cpu_seconds() - worker_cpu) / len(records) * 1e3
+    print(f"LMDB build, decode+resize+encode: {worker_ms:.2f} CPU-ms per image; on 2 idle cores "
+          f"2 workers + the writer would reach {2 * worker_ms / (worker_ms + writer_ms):.2f}x")
     return records
 
 
@@ -99,7 +119,7 @@ def layer_throughput(source, batches, workers):
     import caffe
     from caffe import layers as L
 
-    from abe.data import close_data_layers
+    from abe.data import PAIR_DEFAULTS, close_data_layers
 
     caffe.set_mode_cpu()
     spec = caffe.NetSpec()
@@ -108,6 +128,7 @@ def layer_throughput(source, batches, workers):
         param_str=json.dumps({"source": str(source), "crop": 224, "workers": workers}))
     with tempfile.NamedTemporaryFile("w", suffix=".prototxt", delete=False) as f:
         f.write(str(spec.to_proto()))
+    cpu = all_cpu_seconds()
     net = caffe.Net(f.name, caffe.TRAIN)
     os.unlink(f.name)
     for _ in range(3):  # warm-up: workers started, prefetch ring filled once
@@ -117,7 +138,8 @@ def layer_throughput(source, batches, workers):
         net.forward()
     rate = batches * net.blobs["data"].data.shape[0] / (time.perf_counter() - start)
     close_data_layers(net)
-    return rate
+    prepared = (3 + batches + (PAIR_DEFAULTS["prefetch"] if workers else 0)) * 64
+    return rate, (all_cpu_seconds() - cpu) / prepared * 1e3
 
 
 def main():
@@ -136,11 +158,12 @@ def main():
         build_split(records, tmp / "raw_lmdb", name="raw", encoding="raw", progress=False)
         for payload, source in (("JPEG", tmp / "w2_lmdb"), ("raw", tmp / "raw_lmdb")):
             print(f"{payload} LMDB on disk: {(source / 'data.mdb').stat().st_size / len(records) / 1024:.1f} KiB/image")
-            inline = layer_throughput(source, args.batches, workers=0)
-            prefetched = layer_throughput(source, args.batches, workers=2)
+            inline, _ = layer_throughput(source, args.batches, workers=0)
+            prefetched, cpu_ms = layer_throughput(source, args.batches, workers=2)
             print(f"PairDataLayer crop 224, {payload}: {prefetched:.0f} images/s with 2 prefetch "
                   f"workers, {inline:.0f} decoding in Caffe's thread "
-                  f"({prefetched / inline:.2f}x; goal >= 600 images/s)")
+                  f"({prefetched / inline:.2f}x; goal >= 600 images/s); "
+                  f"{cpu_ms:.2f} CPU-ms per image, all processes")
 
 
 if __name__ == "__main__":
