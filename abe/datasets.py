@@ -59,16 +59,18 @@ def _require(path):
 def _rows(path, columns, skip=0):
     """Whitespace-separated rows of an annotation file, each with exactly ``columns`` fields."""
     _require(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise DatasetError(f"{path} is not a text annotation file ({error.reason})") from None
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if number <= skip or not line.strip():
-                continue
-            fields = line.split()
-            if len(fields) != columns:
-                raise DatasetError(f"{path} line {number}: expected {columns} fields, "
-                                   f"got {len(fields)}")
-            rows.append(fields)
+    for number, line in enumerate(lines, 1):
+        if number <= skip or not line.strip():
+            continue
+        fields = line.split()
+        if len(fields) != columns:
+            raise DatasetError(f"{path} line {number}: expected {columns} fields, got {len(fields)}")
+        rows.append(fields)
     return rows
 
 

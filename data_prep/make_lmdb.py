@@ -48,10 +48,17 @@ def main(argv=None):
     except datasets.DatasetError as error:
         print(f"make_lmdb: {error}", file=sys.stderr)
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    reports = [build_split(records, args.out / f"{split}_lmdb", name=split, size=args.size,
-                           encoding=args.encoding, quality=args.quality, workers=args.workers)
-               for split, records in splits.items()]
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        reports = [build_split(records, args.out / f"{split}_lmdb", name=split, size=args.size,
+                               encoding=args.encoding, quality=args.quality, workers=args.workers)
+                   for split, records in splits.items()]
+    except KeyboardInterrupt:
+        print("make_lmdb: interrupted; unfinished LMDBs removed, rerun to build them", file=sys.stderr)
+        return 130
+    except OSError as error:
+        print(f"make_lmdb: cannot write {args.out}: {error.strerror or error}", file=sys.stderr)
+        return 2
     written = {r.name: r.written for r in reports}
     lines = write_report(args.out / "report.txt", reports, datasets.count_warnings(name, written))
     print("\n".join(line for line in lines if not line.startswith("skipped\t")))

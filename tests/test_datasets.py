@@ -135,6 +135,17 @@ def test_missing_annotation_file_or_wrong_root_is_one_line_exit_2(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_broken_annotation_line_is_named(tmp_path, capsys):
+    mini = MAKERS["cub"](tmp_path / "cub")
+    labels = mini.root / "image_class_labels.txt"
+    broken_line = len(labels.read_text().splitlines()) + 1
+    with open(labels, "a") as f:
+        f.write("99 7 extra\n")
+    assert make_lmdb.main(["--dataset", "cub", "--root", str(mini.root), "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"image_class_labels.txt line {broken_line}: expected 2 fields" in error
+
+
 def test_a_rerun_after_a_kill_gives_the_same_lmdbs(tmp_path):
     mini = MAKERS["sop"](tmp_path / "sop")
     # A FIFO in place of one image holds the run in the middle of the training LMDB until the
