@@ -17,14 +17,14 @@ from abe import embeddings, evaluation, netgen, plots, training
 @dataclass(frozen=True)
 class DemoConfig:
     """The reduced configuration (the paper's: 224 crop, M=8, 512-d, batch 64, ImageNet init)."""
-    image_size: int = 72  # side of the padded square in the LMDB (paper: 256)
-    crop: int = 64  # random/center crop fed to the net (paper: 224)
-    M: int = 4  # learners (paper: 8)
-    embed_dim: int = 128  # ensemble embedding (paper: 512)
+    image_size: int = 40  # side of the padded square in the LMDB (paper: 256)
+    crop: int = 32  # random/center crop fed to the net (paper: 224); the scans are 8x8
+    M: int = 2  # learners (paper: 8)
+    embed_dim: int = 32  # ensemble embedding (paper: 512)
     batch: int = 32  # images per iteration = 16 pairs (paper: 64)
-    max_iter: int = 300
-    eval_every: int = 100
-    base_lr: float = 0.003
+    max_iter: int = 200
+    eval_every: int = 50
+    base_lr: float = 3e-4
     lr_mult_new: float = 10.0
     weight_decay: float = 2e-4
     lambda_div: float = 1.0
@@ -98,22 +98,6 @@ def write_plots(run_dir, trainer, features, n_images=4):
     run_dir = Path(run_dir)
     plots.training_curves(training.read_history(trainer.files.history), run_dir / "curves.png")
     plots.self_pair_histograms(features["learners"], run_dir / "self_pairs.png")
-    plots.attention_masks(*attention_examples(trainer.test_net, trainer.settings.test_lmdbs[0],
-                                              n_images), run_dir / "attention.png")
-
-
-def attention_examples(net, lmdb, n_images):
-    """(images, masks per learner) of ``n_images`` test images of different classes."""
-    from abe.data import iter_test_batches
-
-    crop = net.blobs["data"].data.shape[-1]
-    chosen, seen = [], set()
-    for images, labels in iter_test_batches(lmdb, 100, crop=crop):
-        for image, label in zip(images, labels):
-            if label not in seen:
-                seen.add(label)
-                chosen.append(image)
-        if len(chosen) >= n_images:
-            break
-    images = np.stack(chosen[:n_images])
-    return images, embeddings.attention_maps(net, images)
+    examples = embeddings.attention_examples(trainer.test_net, trainer.settings.test_lmdbs[0],
+                                             n_images)
+    plots.attention_masks(*examples, run_dir / "attention.png")

@@ -112,3 +112,20 @@ def attention_maps(net, images):
     net.blobs["data"].data[...] = images
     net.forward()
     return [net.blobs[name].data.copy() for _, name in names]
+
+
+def attention_examples(net, lmdb, n_images):
+    """(images, masks per learner) of ``n_images`` test images of different classes."""
+    from abe.data import iter_test_batches
+
+    crop = net.blobs["data"].data.shape[-1]
+    chosen, seen = [], set()
+    for images, labels in iter_test_batches(lmdb, 100, crop=crop):
+        for image, label in zip(images, labels):
+            if label not in seen:
+                seen.add(label)
+                chosen.append(image)
+        if len(chosen) >= n_images:
+            break
+    images = np.stack(chosen[:n_images])
+    return images, attention_maps(net, images)

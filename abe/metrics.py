@@ -22,6 +22,7 @@ DATASET_KS = {
     "cars": (1, 2, 4, 8),
     "sop": (1, 10, 100, 1000),
     "inshop": (1, 10, 20, 30, 40, 50),
+    "digits": (1, 2, 4, 8),  # the offline demo set, evaluated like CUB/CARS
 }
 
 # Relative tolerance under which two squared distances count as equal: float32 round-off of

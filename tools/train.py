@@ -31,7 +31,7 @@ from abe import evaluation, netgen, training  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_WEIGHTS = REPO / "weights" / "bvlc_googlenet.caffemodel"
-DATASET_ITERS = {"cub": 10000, "cars": 15000, "sop": 40000, "inshop": 30000}
+DATASET_ITERS = {"cub": 10000, "cars": 15000, "sop": 40000, "inshop": 30000, "digits": 300}
 
 
 class Parser(argparse.ArgumentParser):

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# The main job, in Docker or not:
+#   docker run --gpus all -v DATA:/data IMAGE train.sh --dataset cars --M 8
+#   ./train.sh --dataset cub --M 8 --gpus 0,1          # outside Docker
+#   ./train.sh --dataset digits --M 2 --crop 32 ...     # the offline digits, a quick check
+#
+# 1. prepares the LMDBs if missing: DATA/lmdb/<dataset>/ from the official download unpacked in
+#    DATA/<dataset>/ (CUB: the folder holding images.txt; CARS: cars_annos.mat; SOP:
+#    Ebay_train.txt; In-shop: Eval/list_eval_partition.txt; digits: written offline);
+#    DATA = $ABE_DATA, else /data when it exists, else ./data
+# 2. fetches and checks weights/bvlc_googlenet.caffemodel if missing (offline: a warning, and
+#    training from scratch)
+# 3. generates the network and trains (tools/train.py; every option not listed here is passed
+#    to it: --M, --embed-dim, --lambda-div, --max-iter, --eval-every, --gpus, --base-lr, ...)
+# 4. evaluates the best-Recall@1 snapshot and writes runs/<name>/: config.json, the prototxts,
+#    history.csv, recall.json (final Recall@K), features.npz, curves.png, self_pairs.png,
+#    attention.png
+#
+# Own options: --dataset NAME (required), --name RUN (default <dataset>-<date>), --raw DIR,
+# --lmdb-dir DIR, --resume (continue runs/<name>; needs --name).
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cd "$repo"
+PY=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
+export GLOG_minloglevel=${GLOG_minloglevel:-2}
+
+die() { echo "train.sh: error: $*" >&2; exit 2; }
+
+dataset="" name="" raw="" lmdb_dir="" resume=0 passthrough=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dataset) [ $# -ge 2 ] || die "--dataset needs a value"; dataset=$2; shift 2 ;;
+    --name) [ $# -ge 2 ] || die "--name needs a value"; name=$2; shift 2 ;;
+    --raw) [ $# -ge 2 ] || die "--raw needs a value"; raw=$2; shift 2 ;;
+    --lmdb-dir) [ $# -ge 2 ] || die "--lmdb-dir needs a value"; lmdb_dir=$2; shift 2 ;;
+    --resume) resume=1; shift ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) passthrough+=("$1"); shift ;;
+  esac
+done
+case "$dataset" in
+  cub|cars|sop|inshop|digits) ;;
+  "") die "--dataset is required (cub, cars, sop, inshop or digits)" ;;
+  *) die "unknown dataset '$dataset' (cub, cars, sop, inshop or digits)" ;;
+esac
+if [ -n "${ABE_DATA:-}" ]; then data=$ABE_DATA
+elif [ -d /data ]; then data=/data
+else data=$repo/data
+fi
+raw=${raw:-$data/$dataset}
+lmdb_dir=${lmdb_dir:-$data/lmdb/$dataset}
+[ "$resume" = 0 ] || [ -n "$name" ] || die "--resume needs --name of the run to continue"
+name=${name:-$dataset-$(date +%Y%m%d-%H%M%S)}
+run=runs/$name
+
+# 1. LMDBs
+if [ "$dataset" = inshop ]; then test_splits=(query gallery); else test_splits=(test); fi
+missing=0
+for split in train "${test_splits[@]}"; do
+  [ -d "$lmdb_dir/${split}_lmdb" ] || missing=1
+done
+if [ "$missing" = 1 ]; then
+  [ "$dataset" = digits ] || [ -d "$raw" ] || die "no LMDBs in $lmdb_dir and no dataset in $raw"
+  echo "train.sh: preparing LMDBs in $lmdb_dir from $raw" >&2
+  "$PY" data_prep/make_lmdb.py --dataset "$dataset" --root "$raw" --out "$lmdb_dir"
+fi
+if [ "$dataset" = inshop ]; then
+  test_args=(--query-lmdb "$lmdb_dir/query_lmdb" --gallery-lmdb "$lmdb_dir/gallery_lmdb")
+else
+  test_args=(--test-lmdb "$lmdb_dir/test_lmdb")
+fi
+
+# 2. pretrained weights
+weights=weights/bvlc_googlenet.caffemodel
+if [ ! -f "$weights" ]; then
+  "$PY" weights/fetch_googlenet.py --out "$weights" \
+    || echo "train.sh: WARNING: could not fetch $weights; training FROM SCRATCH (results" \
+            "will be far below the paper's, which start from ImageNet weights)" >&2
+fi
+
+# 3. train
+if [ "$resume" = 1 ]; then
+  "$PY" tools/train.py --run-dir "$run" --resume "${passthrough[@]}"
+else
+  "$PY" tools/train.py --run-dir "$run" --dataset "$dataset" --train-lmdb "$lmdb_dir/train_lmdb" \
+    "${test_args[@]}" "${passthrough[@]}"
+fi
+
+# 4. evaluate the best snapshot, plot
+best=$run/snapshots/best.caffemodel
+"$PY" tools/eval_recall.py --deploy "$run/deploy.prototxt" --weights "$best" "${test_args[@]}" \
+  --dataset "$dataset" --save-features "$run/features.npz" --json > "$run/recall.json.partial"
+mv "$run/recall.json.partial" "$run/recall.json"
+"$PY" tools/eval_recall.py --features "$run/features.npz" --dataset "$dataset"
+"$PY" tools/plot_curves.py "$run" > /dev/null
+if grep -q '"learner1/embedding"' "$run/deploy.prototxt"; then
+  "$PY" tools/plot_self_pairs.py --features "$run/features.npz" --out "$run/self_pairs.png" > /dev/null
+fi
+if grep -q 'learner0/attention' "$run/deploy.prototxt"; then
+  first_test=${test_args[1]}
+  "$PY" tools/plot_attention.py --deploy "$run/deploy.prototxt" --weights "$best" \
+    --test-lmdb "$first_test" --out "$run/attention.png" > /dev/null
+fi
+echo "train.sh: done; report in $run/ (recall.json, history.csv, curves.png, self_pairs.png, attention.png)"
