@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+import cv2
 from tqdm import tqdm
 
 from abe.imaging import BadImage, crop_box, decode_bgr, encode_jpeg, resize_and_pad
@@ -45,8 +46,6 @@ def prepare_record(record, size, encoding, quality):
 
 
 def _init_worker():
-    import cv2
-
     cv2.setNumThreads(1)  # parallelism comes from the worker processes
 
 
@@ -60,7 +59,7 @@ def build_split(records, path, *, name, size=256, encoding="jpeg", quality=DEFAU
     report = SplitReport(name)
     writer = LmdbWriter(path)
     work = partial(prepare_record, size=size, encoding=encoding, quality=quality)
-    chunk = max(1, min(64, len(records) // (workers * 8) or 1))
+    chunk = max(1, min(64, len(records) // (workers * 8)))
     try:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload([__name__])
