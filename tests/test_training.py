@@ -145,7 +145,9 @@ def test_eval_recall_bad_input_is_one_line_with_status_2(tmp_path):
     not_features = tmp_path / "x.npz"
     np.savez(not_features, something=np.zeros(3))
     for args in (["--features", not_features], ["--features", tmp_path / "none.npz"],
-                 ["--deploy", tmp_path / "d.prototxt"]):
+                 ["--deploy", tmp_path / "d.prototxt"],
+                 ["--deploy", not_features, "--weights", not_features, "--test-lmdb", tmp_path],
+                 ["--features", not_features, "--ks", "0"]):
         done = run_tool("eval_recall.py", *args)
         assert done.returncode == 2
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr

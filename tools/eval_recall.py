@@ -17,7 +17,9 @@ optionally boolean `is_query` and `is_gallery` (query/gallery protocol, as In-sh
 Model mode writes such a file with --save-features. Recall@K uses the dataset's Ks
 (cub, cars: 1 2 4 8; sop: 1 10 100 1000; inshop: 1 10 20 30 40 50) unless --ks is given.
 Every image is a query against all others (itself excluded by index); with query/gallery
-LMDBs or masks, each query ranks the gallery. Output: an aligned table in %, or with --json
+LMDBs or masks, each query ranks the gallery. Ties: an item of another class at exactly the
+distance of the nearest same-class item ranks before it (so duplicates never inflate Recall);
+a query with no same-class item is a miss. Output: an aligned table in %, or with --json
 one JSON object whose "recall" maps each K (a string) to a fraction in [0, 1].
 """
 import argparse
@@ -31,8 +33,14 @@ from abe import embeddings, evaluation, metrics
 os.environ.setdefault("GLOG_minloglevel", "2")
 
 
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """Usage errors: one line and exit status 2."""
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = Parser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     model = parser.add_argument_group("model mode")
     model.add_argument("--deploy", type=Path, help="deploy prototxt (input blob 'data')")
@@ -53,7 +61,7 @@ def parse_args(argv):
     parser.add_argument("--nmi", action="store_true", help="also NMI (k-means, #test classes)")
     parser.add_argument("--json", action="store_true", help="print one JSON object, not a table")
     args = parser.parse_args(argv)
-    fail = make_fail(parser)
+    fail = parser.error
     model_args = [args.deploy, args.weights, args.test_lmdb, args.query_lmdb, args.gallery_lmdb]
     if args.features is not None:
         if any(a is not None for a in model_args) or args.save_features:
@@ -77,16 +85,23 @@ def parse_args(argv):
     return args, fail
 
 
-def make_fail(parser):
-    def fail(message):
-        print(f"{parser.prog}: error: {message}", file=sys.stderr)
-        sys.exit(2)
-    return fail
-
-
 def must_exist(fail, path):
     if not path.exists():
         fail(f"{path} does not exist")
+
+
+def check_protos(args, fail):
+    from caffe.proto import caffe_pb2
+    from google.protobuf import message, text_format
+
+    try:
+        text_format.Parse(args.deploy.read_text(), caffe_pb2.NetParameter())
+    except (message.DecodeError, text_format.ParseError, UnicodeDecodeError) as error:
+        fail(f"{args.deploy} is not a readable net prototxt: {str(error).splitlines()[0]}")
+    try:
+        caffe_pb2.NetParameter().ParseFromString(args.weights.read_bytes())
+    except message.DecodeError:
+        fail(f"{args.weights} is not a readable .caffemodel")
 
 
 def features_from_model(args, fail):
@@ -97,10 +112,8 @@ def features_from_model(args, fail):
     else:
         caffe.set_device(args.gpu)
         caffe.set_mode_gpu()
-    try:
-        net = caffe.Net(str(args.deploy), str(args.weights), caffe.TEST)
-    except Exception as error:  # Caffe reports parse/shape problems as RuntimeError or SystemExit
-        fail(f"cannot load {args.deploy} with {args.weights}: {error}")
+    check_protos(args, fail)  # Caffe aborts the process on an unreadable file: check first
+    net = caffe.Net(str(args.deploy), str(args.weights), caffe.TEST)
     if "data" not in net.blobs or embeddings.ENSEMBLE_BLOB not in net.blobs:
         fail(f"{args.deploy} needs an input blob 'data' and an output blob 'embedding'")
     lmdbs = [args.test_lmdb] if args.test_lmdb else [args.query_lmdb, args.gallery_lmdb]
