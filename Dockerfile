@@ -51,12 +51,13 @@ RUN prefix=$(scripts/build_caffe.sh --source git --cuda --cuda-arch "$CUDA_ARCH"
 
 # The project itself (see .dockerignore), run by a non-root user. Weights are not baked in:
 # train.sh fetches bvlc_googlenet.caffemodel (sha1-checked) into weights/ at first run, or
-# mount a folder holding it there.
+# mount a folder holding it there. train.sh reads /data and writes the repo's runs/, which is /runs.
 COPY . .
 # (uid 10001: Ubuntu's image already has uid 1000. The three volumes are writable by any uid, so
 # `--user "$(id -u):$(id -g)"` works too, to write into bind-mounted host folders as yourself.)
 RUN useradd --create-home --shell /bin/bash --uid 10001 --user-group abe \
  && mkdir -p /data /runs \
+ && ln -s /runs /opt/abe-caffe/runs \
  && chown abe:abe /data /runs /opt/abe-caffe/weights \
  && chmod 1777 /data /runs /opt/abe-caffe/weights
 USER 10001:10001

