@@ -49,12 +49,13 @@ RUN prefix=$(scripts/build_caffe.sh --source git --cuda --cuda-arch "$CUDA_ARCH"
  && printf '%s\n' /opt/abe-caffe > "$site/abe-caffe-repo.pth" \
  && .venv/bin/python -c "import caffe; assert caffe.has_nccl(); assert 'Python' in caffe.layer_type_list()"
 
-# The project itself (see .dockerignore), run by a non-root user. Weights are not baked in:
-# train.sh fetches bvlc_googlenet.caffemodel (sha1-checked) into weights/ at first run, or
-# mount a folder holding it there. train.sh reads /data and writes the repo's runs/, which is /runs.
+# The project itself (see .dockerignore), run by a non-root user (uid 10001: Ubuntu's image
+# already has 1000). train.sh reads /data and writes the repo's runs/, which is the /runs volume.
+# Weights are not baked in: train.sh fetches bvlc_googlenet.caffemodel (sha1-checked) into
+# weights/ at first run (kept across runs with -v abe-weights:/opt/abe-caffe/weights), or mount
+# the file there. /data, /runs and weights/ are writable by any uid, so --user "$(id -u):$(id -g)"
+# works too, to write into bind-mounted host folders as yourself.
 COPY . .
-# (uid 10001: Ubuntu's image already has uid 1000. The three volumes are writable by any uid, so
-# `--user "$(id -u):$(id -g)"` works too, to write into bind-mounted host folders as yourself.)
 RUN useradd --create-home --shell /bin/bash --uid 10001 --user-group abe \
  && mkdir -p /data /runs \
  && ln -s /runs /opt/abe-caffe/runs \
@@ -63,5 +64,5 @@ RUN useradd --create-home --shell /bin/bash --uid 10001 --user-group abe \
 USER 10001:10001
 ENV PATH=/opt/abe-caffe/.venv/bin:$PATH \
     MPLCONFIGDIR=/tmp/matplotlib
-VOLUME ["/data", "/runs", "/opt/abe-caffe/weights"]
+VOLUME ["/data", "/runs"]
 ENTRYPOINT ["/opt/abe-caffe/train.sh"]
