@@ -40,7 +40,7 @@ RUN python3 -m venv .venv \
 # plus PTX of the last one for newer GPUs. Only architectures nvcc 13 supports.
 ARG CUDA_ARCH="75 80 86 89 90 100 120"
 ENV ABE_CAFFE_HOME=/opt/caffe
-COPY scripts/ scripts/
+COPY scripts/build_caffe.sh scripts/
 COPY patches/ patches/
 RUN prefix=$(scripts/build_caffe.sh --source git --cuda --cuda-arch "$CUDA_ARCH" \
                --python /opt/abe-caffe/.venv/bin/python) \
