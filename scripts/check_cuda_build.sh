@@ -19,11 +19,12 @@ python=$here/.venv/bin/python
 requirements=$here/scripts/cuda-check-requirements.txt
 
 die() { echo "check-cuda-build: $1" >&2; exit "${2:-1}"; }
+usage() { die "usage: check_cuda_build.sh [--cuda-arch LIST] [--jobs N]" 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
-    --cuda-arch) cuda_arch=${2:-}; shift 2 || die "usage: check_cuda_build.sh [--cuda-arch LIST] [--jobs N]" 2 ;;
-    --jobs) jobs=${2:-}; shift 2 || die "usage: check_cuda_build.sh [--cuda-arch LIST] [--jobs N]" 2 ;;
-    *) die "usage: check_cuda_build.sh [--cuda-arch LIST] [--jobs N]" 2 ;;
+    --cuda-arch) cuda_arch=${2:-}; shift 2 || usage ;;
+    --jobs) jobs=${2:-}; shift 2 || usage ;;
+    *) usage ;;
   esac
 done
 [ -x "$cuda_home/bin/nvcc" ] || die "nvcc not found under $cuda_home (set CUDA_HOME to a CUDA 13 toolkit)" 2
