@@ -28,7 +28,7 @@ prefix=""
 jobs=$(nproc)
 status_only=0
 
-die() { echo "build_caffe: $*" >&2; exit "${2:-1}"; }
+die() { echo "build_caffe: $1" >&2; exit "${2:-1}"; }
 usage() { die "usage: build_caffe.sh [--source debian|git] [--cuda] [--cuda-arch LIST] [--python PY] [--prefix DIR] [--jobs N] [--status]" 2; }
 
 while [ $# -gt 0 ]; do
