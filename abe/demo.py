@@ -24,7 +24,7 @@ class DemoConfig:
     batch: int = 32  # images per iteration = 16 pairs (paper: 64)
     max_iter: int = 200
     eval_every: int = 50
-    base_lr: float = 3e-4
+    base_lr: float = 1e-4
     lr_mult_new: float = 10.0
     weight_decay: float = 2e-4
     lambda_div: float = 1.0
