@@ -17,7 +17,8 @@
 #    attention.png
 #
 # Own options: --dataset NAME (required), --name RUN (default <dataset>-<date>), --raw DIR,
-# --lmdb-dir DIR, --resume (continue runs/<name>; needs --name).
+# --lmdb-dir DIR, --size N (LMDB image side, default 256), --resume (continue runs/<name>;
+# needs --name), --from-scratch (no fetch, no pretrained weights; also passed to train.py).
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$repo"
@@ -26,15 +27,17 @@ export GLOG_minloglevel=${GLOG_minloglevel:-2}
 
 die() { echo "train.sh: error: $*" >&2; exit 2; }
 
-dataset="" name="" raw="" lmdb_dir="" resume=0 passthrough=()
+dataset="" name="" raw="" lmdb_dir="" size=256 resume=0 scratch=0 passthrough=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --dataset) [ $# -ge 2 ] || die "--dataset needs a value"; dataset=$2; shift 2 ;;
     --name) [ $# -ge 2 ] || die "--name needs a value"; name=$2; shift 2 ;;
     --raw) [ $# -ge 2 ] || die "--raw needs a value"; raw=$2; shift 2 ;;
     --lmdb-dir) [ $# -ge 2 ] || die "--lmdb-dir needs a value"; lmdb_dir=$2; shift 2 ;;
+    --size) [ $# -ge 2 ] || die "--size needs a value"; size=$2; shift 2 ;;
     --resume) resume=1; shift ;;
-    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --from-scratch) scratch=1; passthrough+=("$1"); shift ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) passthrough+=("$1"); shift ;;
   esac
 done
@@ -62,7 +65,7 @@ done
 if [ "$missing" = 1 ]; then
   [ "$dataset" = digits ] || [ -d "$raw" ] || die "no LMDBs in $lmdb_dir and no dataset in $raw"
   echo "train.sh: preparing LMDBs in $lmdb_dir from $raw" >&2
-  "$PY" data_prep/make_lmdb.py --dataset "$dataset" --root "$raw" --out "$lmdb_dir"
+  "$PY" data_prep/make_lmdb.py --dataset "$dataset" --root "$raw" --out "$lmdb_dir" --size "$size"
 fi
 if [ "$dataset" = inshop ]; then
   test_args=(--query-lmdb "$lmdb_dir/query_lmdb" --gallery-lmdb "$lmdb_dir/gallery_lmdb")
@@ -72,7 +75,7 @@ fi
 
 # 2. pretrained weights
 weights=weights/bvlc_googlenet.caffemodel
-if [ ! -f "$weights" ]; then
+if [ ! -f "$weights" ] && [ "$scratch" = 0 ] && [ "$resume" = 0 ]; then
   "$PY" weights/fetch_googlenet.py --out "$weights" \
     || echo "train.sh: WARNING: could not fetch $weights; training FROM SCRATCH (results" \
             "will be far below the paper's, which start from ImageNet weights)" >&2
