@@ -295,7 +295,8 @@ class Trainer:
         write_atomic(self.files.best_info, json.dumps(self.best) + "\n")
 
     def run(self, on_eval=None):
-        """Train to max_iter; returns the last evaluation (rank 0) or None."""
+        """Train to max_iter; returns the last evaluation (rank 0) or None. The solver's data
+        layer is closed afterwards: one run per Trainer."""
         from tqdm import tqdm
 
         s, result = self.settings, None
@@ -327,6 +328,9 @@ class Trainer:
                     self.snapshot()
         finally:
             bar.close()
+            from abe.data import close_data_layers
+
+            close_data_layers(self.solver.net)  # Caffe never frees Python layers: stop workers
         return result
 
     def log(self, window, wall0, evaluate):
