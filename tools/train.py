@@ -9,7 +9,9 @@
 
 The network is generated from the options below (or taken from --config, a gen_prototxt
 output folder). Weights start from BVLC's ImageNet GoogLeNet when --init-weights exists
-(default weights/bvlc_googlenet.caffemodel); otherwise from scratch, with a warning.
+(default weights/bvlc_googlenet.caffemodel); otherwise from scratch, with a warning: He
+weights and zero biases for GoogLeNet's layers (BVLC's 0.2 biases start every embedding at
+nearly one point, where contrastive gradients vanish), xavier for the new layers.
 Writes RUN/history.csv, RUN/snapshots/ (last snapshot + best Recall@1) and RUN/recall.json.
 
 Solver defaults (the paper gives only SGD, momentum 0.9, batch 64): base_lr 1e-4 with
