@@ -6,7 +6,9 @@ laid out [a_1..a_P, b_1..b_P]; random crop, random mirror, BGR mean subtraction.
 
 Every random choice (pairs, crop offsets, mirrors) is drawn in Caffe's thread from one seeded
 generator per solver rank, so a batch depends only on (seed, rank, batch number), never on
-which prefetch worker decoded it or when.
+which prefetch worker decoded it or when. ``start_batch`` N replays the draws of batches
+0..N-1 without reading any image, so a resumed run continues the stream where the
+uninterrupted run would be.
 """
 import atexit
 import json
@@ -22,7 +24,8 @@ import numpy as np
 from abe.lmdb_store import datum_header, iter_records, open_readonly, parse_datum
 
 PAIR_DEFAULTS = {"batch_pairs": 32, "positive_pairs": 16, "crop": 224, "mirror": True,
-                 "mean": [104, 117, 123], "seed": 0, "workers": 2, "prefetch": 4}
+                 "mean": [104, 117, 123], "seed": 0, "workers": 2, "prefetch": 4,
+                 "start_batch": 0}
 WORKER_POLL_S = 0.5  # how often an idle worker checks that its parent is still alive
 RESULT_TIMEOUT_S = 60.0
 
@@ -210,7 +213,12 @@ class PairDataLayer(caffe.Layer):
         self.rng = np.random.default_rng([int(params["seed"]), caffe.solver_rank()])
         self.sampler = PairSampler(labels, self.pairs, int(params["positive_pairs"]), self.rng)
         self.sim = (np.arange(self.pairs) < int(params["positive_pairs"])).astype(np.float32)
-        self.plans, self.submitted, self.consumed = {}, 0, 0
+        self.start_batch = int(params["start_batch"])
+        if self.start_batch < 0:
+            raise ValueError(f"PairDataLayer start_batch must be >= 0, got {self.start_batch}")
+        for _ in range(self.start_batch):
+            self.next_plan()
+        self.plans, self.submitted, self.consumed = {}, self.start_batch, self.start_batch
         self.prefetcher, workers = None, int(params["workers"])
         if workers > 0:
             self.prefetcher = _Prefetcher(self.source, self.keys, self.batch_shape, self.mean,

@@ -11,7 +11,9 @@ The solver steps one iteration at a time so every loss term can be checked: a Na
 loss stops the run (``LossNotFinite``) before anything is written, so the last snapshot stays
 the last good one. Snapshots go to ``snapshots/.partial/`` and are renamed into place once
 complete (caffemodel first, then the solverstate that needs it), so a kill never leaves a
-corrupt file under a final name; ``resume`` picks the newest complete pair.
+corrupt file under a final name; ``resume`` picks the newest complete pair, and the pair layer
+skips the batches drawn before it (``start_batch``), so the run goes on with the batches an
+uninterrupted run would have drawn.
 
 Several GPUs: one process per GPU, ``caffe.NCCL`` as BVLC's ``python/train.py``; rank 0 alone
 evaluates, snapshots and writes the history. A build without NCCL (this CPU build) runs the
@@ -102,10 +104,12 @@ def write_solver(files, solver_param, settings):
     write_atomic(files.solver, text_format.MessageToString(solver_param))
 
 
-def prepare_run(settings, config_dir=None, net_cfg=None, solver_cfg=None, train_source=None):
+def prepare_run(settings, config_dir=None, net_cfg=None, solver_cfg=None, train_source=None,
+                resume=False):
     """Fill the run folder: prototxts generated from ``net_cfg``/``solver_cfg`` or copied from
     ``config_dir`` (a gen_prototxt output), the pair layer pointed at ``train_source`` when
-    given, the solver made run-specific, and config.json."""
+    given and, with ``resume``, started at the newest snapshot's position in its stream (see
+    ``batches_drawn``), the solver made run-specific, and config.json."""
     from abe import netgen
 
     files = RunFiles(settings.run_dir)
@@ -116,24 +120,33 @@ def prepare_run(settings, config_dir=None, net_cfg=None, solver_cfg=None, train_
         for path in (files.train, files.deploy, files.solver):
             shutil.copyfile(Path(config_dir) / path.name, files.root / (path.name + ".partial"))
             os.replace(files.root / (path.name + ".partial"), path)
+    solver_param = read_solver(files.solver)
+    latest = files.latest_snapshot() if resume else None
+    pair_params = {"start_batch": batches_drawn(solver_param, latest[0] if latest else 0)}
     if train_source:
-        set_pair_source(files.train, train_source)
-    write_solver(files, read_solver(files.solver), settings)
+        pair_params["source"] = str(train_source)
+    set_pair_params(files.train, **pair_params)
+    write_solver(files, solver_param, settings)
     write_atomic(files.config, json.dumps(asdict(settings), indent=2) + "\n")
     return files
 
 
-def set_pair_source(train_prototxt, source):
-    """Point the train net's PairDataLayer at another LMDB (its param_str is JSON)."""
+def batches_drawn(solver_param, iteration):
+    """Batches each rank's pair layer has produced by ``iteration``: Caffe runs ``iter_size``
+    forward passes per iteration."""
+    return iteration * solver_param.iter_size
+
+
+def set_pair_params(train_prototxt, **params):
+    """Set keys of the train net's PairDataLayer param_str (JSON), e.g. source, start_batch."""
     from caffe.proto import caffe_pb2
     from google.protobuf import text_format
 
     net = text_format.Parse(Path(train_prototxt).read_text(), caffe_pb2.NetParameter())
     for layer in net.layer:
         if layer.type == "Python" and layer.python_param.layer == "PairDataLayer":
-            params = json.loads(layer.python_param.param_str or "{}")
-            params["source"] = str(source)
-            layer.python_param.param_str = json.dumps(params)
+            given = json.loads(layer.python_param.param_str or "{}")
+            layer.python_param.param_str = json.dumps(dict(given, **params))
     write_atomic(train_prototxt, text_format.MessageToString(net))
 
 
@@ -225,6 +238,7 @@ class Trainer:
             initialized.unlink()
         elif settings.scratch_init == "he" and rank == 0:
             he_initialize(self.solver.net, settings.seed)
+        check_pair_stream(self.solver.net, batches_drawn(self.param, self.solver.iter))
         if settings.gpus and len(settings.gpus) > 1:
             self.nccl = caffe.NCCL(self.solver, uid)
             if caffe.has_nccl():  # a build without NCCL has the class but no reduction
@@ -350,6 +364,17 @@ class Trainer:
         row["wall_s"] = round(time.perf_counter() - wall0, 3)
         self.history.add(row)
         return result
+
+
+def check_pair_stream(net, expected):
+    """A resumed run must draw the batches the uninterrupted run would have drawn next."""
+    from abe.data import PairDataLayer
+
+    for layer in net.layers:
+        if isinstance(layer, PairDataLayer) and layer.start_batch != expected:
+            raise RuntimeError(f"the pair layer starts at batch {layer.start_batch}, but the "
+                               f"solver has drawn {expected} batches: prepare a resumed run "
+                               f"with prepare_run(..., resume=True)")
 
 
 def he_initialize(net, seed):

@@ -132,6 +132,16 @@ def test_jpeg_datums_give_the_same_batches_up_to_compression(pair_net, coded_lmd
     assert np.abs(raw[0] - jpeg[0]).mean() < 2.0
 
 
+def test_start_batch_continues_the_stream_without_reading_skipped_images(pair_net, coded_lmdb):
+    stream = list(batches(pair_net(source=str(coded_lmdb), seed=5), 5))
+    resumed = list(batches(pair_net(source=str(coded_lmdb), seed=5, start_batch=3), 2))
+    for got, expected in zip(resumed, stream[3:]):
+        assert all((x == y).all() for x, y in zip(got, expected))
+    assert not (resumed[0][0] == stream[0][0]).all()
+    with pytest.raises(Exception, match="start_batch must be >= 0"):
+        pair_net(source=str(coded_lmdb), start_batch=-1)
+
+
 def test_each_solver_rank_draws_its_own_stream(caffe, pair_net, coded_lmdb):
     streams = []
     for rank in (0, 1):

@@ -79,6 +79,41 @@ def test_train_resume_and_evaluate(digits, tmp_path):
     assert json.loads(again.stdout)["recall"] == result["recall"]
 
 
+def test_resume_draws_the_batches_of_an_uninterrupted_run(digits, tmp_path):
+    """iter_size 2: a run resumed at iteration 3 has drawn 6 batches, not 3."""
+    from abe import netgen, training
+    from abe.data import close_data_layers
+
+    net = netgen.NetConfig(M=2, embed_dim=16, crop=32, batch=16, source=str(digits["train"]))
+    solver = netgen.SolverConfig(base_lr=3e-4, lr_policy="fixed", iter_size=2)
+
+    def settings(name, max_iter):
+        return training.TrainSettings(run_dir=str(tmp_path / name), max_iter=max_iter,
+                                      eval_every=0, snapshot_every=3,
+                                      test_lmdbs=[str(digits["test"])])
+
+    def step(trainer):
+        losses = trainer.step()
+        blobs = trainer.solver.net.blobs
+        return losses, blobs["data"].data.copy(), blobs["label"].data.copy()
+
+    training.prepare_run(settings("whole", 4), net_cfg=net, solver_cfg=solver)
+    whole = training.Trainer(settings("whole", 4), progress=False)
+    uninterrupted = [step(whole) for _ in range(4)]
+    close_data_layers(whole.solver.net)
+
+    training.prepare_run(settings("cut", 3), net_cfg=net, solver_cfg=solver)
+    training.Trainer(settings("cut", 3), progress=False).run()
+    training.prepare_run(settings("cut", 4), config_dir=tmp_path / "cut", resume=True)
+    resumed = training.Trainer(settings("cut", 4), resume=True, progress=False)
+    assert resumed.iteration == 3
+    losses, data, label = step(resumed)
+    close_data_layers(resumed.solver.net)
+    assert (data == uninterrupted[3][1]).all() and (label == uninterrupted[3][2]).all()
+    assert not (label == uninterrupted[0][2]).all()  # not the stream restarted at batch 0
+    assert losses == pytest.approx(uninterrupted[3][0], rel=1e-6)
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_snapshot(digits, tmp_path):
     run = tmp_path / "run"
     done = run_tool("train.py", "--run-dir", run, "--train-lmdb", digits["train"],

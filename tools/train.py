@@ -46,7 +46,8 @@ def parse_args(argv):
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run-dir", type=Path, required=True, help="the run's folder")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --run-dir from its newest snapshot")
+                   help="continue the run in --run-dir from its newest snapshot: the same "
+                        "iteration, the pair layer drawing the batches the run would have drawn")
     p.add_argument("--config", type=Path, help="folder with train/deploy/solver.prototxt "
                                                "(instead of generating them)")
     data = p.add_argument_group("data")
@@ -164,7 +165,7 @@ def main(argv=None):
             settings.max_iter = args.max_iter
         if args.gpus or args.cpu:
             settings.gpus, settings.cpu = args.gpus, args.cpu
-        training.prepare_run(settings, config_dir=args.run_dir)
+        training.prepare_run(settings, config_dir=args.run_dir, resume=True)
     else:
         settings, net_cfg, solver_cfg = new_run_settings(args, p)
         training.clear_run(args.run_dir)
