@@ -27,6 +27,9 @@ export GLOG_minloglevel=${GLOG_minloglevel:-2}
 
 die() { echo "train.sh: error: $*" >&2; exit 2; }
 
+# In the image train.sh is the entry point, so `docker run IMAGE train.sh --dataset ...` arrives
+# here with its own name first.
+[ "${1:-}" = train.sh ] && shift
 dataset="" name="" raw="" lmdb_dir="" size=256 resume=0 scratch=0 passthrough=()
 while [ $# -gt 0 ]; do
   case "$1" in
