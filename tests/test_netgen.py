@@ -236,6 +236,18 @@ def test_cli_writes_and_refuses_non_empty_out(tmp_path):
     assert 'lr_policy: "fixed"' in text and "stepsize" not in text
 
 
+def test_cli_as_the_design_card_shows_it(tmp_path):
+    """`python tools/gen_prototxt.py --M 8`: no --out needed, and a second run keeps the files."""
+    run = cli("--M", "8", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    out = tmp_path / "runs" / "prototxt" / "abe8_512"
+    assert "ABE-8^512" in (out / "deploy.prototxt").read_text()
+    assert sorted(p.name for p in out.iterdir()) == ["deploy.prototxt", "solver.prototxt",
+                                                     "train.prototxt"]
+    again = cli("--M", "8", cwd=tmp_path)
+    assert again.returncode == 2 and "--force" in again.stderr
+
+
 def test_cli_help_explains_every_option():
     run = cli("--help")
     assert run.returncode == 0

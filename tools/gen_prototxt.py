@@ -97,9 +97,11 @@ def parse_args(argv):
                      help="snapshot path prefix (default runs/<OUT's name>/snapshot)")
     sol.add_argument("--solver-mode", choices=("CPU", "GPU"), default=SOLVER.solver_mode,
                      help="Caffe mode for `caffe train` (default %(default)s; -gpu overrides)")
-    p.add_argument("--out", type=Path, required=True,
-                   help="directory for train/deploy/solver.prototxt (with --paper-configs: "
-                        "the parent of one directory per configuration)")
+    p.add_argument("--out", type=Path,
+                   help="directory for train/deploy/solver.prototxt (default "
+                        "runs/prototxt/<arch><M>_<embed-dim>, e.g. runs/prototxt/abe8_512; with "
+                        "--paper-configs: the parent of one directory per configuration, default "
+                        "runs/prototxt)")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out")
     p.add_argument("--paper-configs", action="store_true",
                    help="write every configuration of the paper's tables "
@@ -115,6 +117,10 @@ def options(args, cls):
 def main(argv=None):
     args, parser = parse_args(argv)
     net_options = options(args, NET)
+    if args.out is None:
+        args.out = Path("runs", "prototxt")
+        if not args.paper_configs:
+            args.out /= f"{args.arch}{args.M}_{args.embed_dim}"
     try:
         solver_cfg = SOLVER(**options(args, SOLVER))
         if args.paper_configs:
