@@ -63,7 +63,7 @@ def self_pair_histograms(learners, path, title="self-pair cosine similarity"):
     cols = min(len(pairs), 7)
     rows = -(-len(pairs) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(max(2.3 * cols, 4.0), 2.2 * rows + 0.8),
-                             squeeze=False)
+                             squeeze=False, layout="constrained")
     for ax, ((p, q), cos) in zip(axes.ravel(), pairs.items()):
         ax.hist(cos, bins=40, range=(-1, 1), color="tab:blue")
         ax.set_title(f"learners {p},{q}: mean {cos.mean():.2f}", fontsize=8)
