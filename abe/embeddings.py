@@ -12,6 +12,7 @@ import numpy as np
 
 ENSEMBLE_BLOB = "embedding"
 LEARNER_BLOB = re.compile(r"^learner(\d+)/embedding$")
+ATTENTION_BLOB = re.compile(r"^learner(\d+)/attention$")
 LEARNER_ARRAY = re.compile(r"^learner(\d+)$")
 
 
@@ -19,11 +20,17 @@ class FeaturesError(ValueError):
     """A features file or array that cannot be evaluated; the message is one line for users."""
 
 
-def learner_blobs(net):
-    """The per-learner embedding blobs of a net, in learner order."""
-    found = sorted((int(m.group(1)), name) for name in net.blobs
-                   if (m := LEARNER_BLOB.match(name)))
+def learner_blobs(net, pattern=LEARNER_BLOB):
+    """The per-learner blobs of a net whose names match ``pattern``, in learner order."""
+    found = sorted((int(m.group(1)), name) for name in net.blobs if (m := pattern.match(name)))
     return [name for _, name in found]
+
+
+def forward(net, images):
+    """One forward pass of ``images`` (N x 3 x H x W), the input blob reshaped to fit them."""
+    net.blobs["data"].reshape(*images.shape)
+    net.blobs["data"].data[...] = images
+    net.forward()
 
 
 def extract(net, batches, blobs=None, total=None, progress=True):
@@ -39,9 +46,7 @@ def extract(net, batches, blobs=None, total=None, progress=True):
     all_labels = []
     for images, labels in tqdm(batches, total=total, desc="embeddings", unit="batch",
                                disable=not progress):
-        net.blobs["data"].reshape(*images.shape)
-        net.blobs["data"].data[...] = images
-        net.forward()
+        forward(net, images)
         for name in blobs:
             outputs[name].append(net.blobs[name].data.reshape(len(images), -1).copy())
         all_labels.append(np.asarray(labels, dtype=np.int64))
@@ -104,14 +109,11 @@ def check(features, labels, learners=(), is_query=None, is_gallery=None, source=
 
 def attention_maps(net, images):
     """Each learner's attention mask (blob ``learner{m}/attention``) for ``images``."""
-    names = sorted((int(m.group(1)), name) for name in net.blobs
-                   if (m := re.match(r"^learner(\d+)/attention$", name)))
+    names = learner_blobs(net, ATTENTION_BLOB)
     if not names:
         raise FeaturesError("the net has no learner{m}/attention blobs (not an ABE net?)")
-    net.blobs["data"].reshape(*images.shape)
-    net.blobs["data"].data[...] = images
-    net.forward()
-    return [net.blobs[name].data.copy() for _, name in names]
+    forward(net, images)
+    return [net.blobs[name].data.copy() for name in names]
 
 
 def attention_examples(net, lmdb, n_images):
