@@ -23,9 +23,9 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import skimage.data  # noqa: E402
 
-from abe import datasets  # noqa: E402
-from abe.imaging import PAD_BGR, encode_jpeg, resize_and_pad  # noqa: E402
-from abe.prepare import DEFAULT_QUALITY, build_split, prepare_record  # noqa: E402
+from abe.data import datasets  # noqa: E402
+from abe.data.imaging import PAD_BGR, encode_jpeg, resize_and_pad  # noqa: E402
+from abe.data.prepare import DEFAULT_QUALITY, build_split, prepare_record  # noqa: E402
 
 PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "colorwheel",
           "hubble_deep_field", "retina"]
@@ -119,12 +119,12 @@ def layer_throughput(source, batches, workers):
     import caffe
     from caffe import layers as L
 
-    from abe.data import PAIR_DEFAULTS, close_data_layers
+    from abe.data.pair_layer import PAIR_DEFAULTS, close_data_layers
 
     caffe.set_mode_cpu()
     spec = caffe.NetSpec()
     spec.data, spec.label, spec.sim = L.Python(
-        module="abe.data", layer="PairDataLayer", ntop=3,
+        module="abe.data.pair_layer", layer="PairDataLayer", ntop=3,
         param_str=json.dumps({"source": str(source), "crop": 224, "workers": workers}))
     with tempfile.NamedTemporaryFile("w", suffix=".prototxt", delete=False) as f:
         f.write(str(spec.to_proto()))

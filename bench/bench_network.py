@@ -11,7 +11,7 @@ diff ~ 18-24 GB), more than this 24 GB machine has, so the batch runs as micro-b
 since every loss term is per pair or per image. The baseline, measured in the same run:
 single-precision GEMM GFLOP/s of numpy's matmul. FLOPs of an iteration: 3 x forward
 (backward = weight + input gradients), 2 per MAC, MACs of convolutions and inner products
-from abe.model_stats.
+from abe.net.model_stats.
 """
 import argparse
 import json
@@ -29,8 +29,8 @@ from tqdm import tqdm
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 
-from abe import netgen  # noqa: E402
-from abe.model_stats import model_stats  # noqa: E402
+from abe.net import netgen  # noqa: E402
+from abe.net.model_stats import model_stats  # noqa: E402
 
 
 def gemm_gflops(n=2048, repeats=5):

@@ -30,7 +30,7 @@ def sop_like_features(n, dim, seed=0):
 
 
 def run_ours(features, labels):
-    from abe.metrics import recall_at_k
+    from abe.eval.metrics import recall_at_k
 
     return recall_at_k(features, labels, SOP_KS)
 

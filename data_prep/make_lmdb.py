@@ -12,8 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from abe import datasets
-from abe.prepare import DEFAULT_QUALITY, ENCODINGS, build_split, write_report
+from abe.data import datasets
+from abe.data.prepare import DEFAULT_QUALITY, ENCODINGS, build_split, write_report
 
 
 def parse_args(argv=None):
@@ -40,7 +40,7 @@ def main(argv=None):
     name = args.dataset
     try:
         if name == "digits":
-            from abe.digits import export_digits
+            from abe.data.digits import export_digits
 
             export_digits(args.root)
             name = "folder"

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from abe.data import close_data_layers, iter_test_batches, read_labels
-from abe.imaging import encode_jpeg
-from abe.lmdb_store import LmdbWriter, make_datum
+from abe.data.pair_layer import close_data_layers, iter_test_batches, read_labels
+from abe.data.imaging import encode_jpeg
+from abe.data.lmdb_store import LmdbWriter, make_datum
 
 SIZE, CROP = 32, 24
 CLASS_SIZES = [5, 4, 3, 1, 1, 6]  # two single-image classes: never positive anchors
@@ -60,7 +60,7 @@ def pair_net_file(directory, **params):
 
     spec = caffe.NetSpec()
     spec.data, spec.label, spec.sim = L.Python(
-        module="abe.data", layer="PairDataLayer", ntop=3, param_str=json.dumps(params))
+        module="abe.data.pair_layer", layer="PairDataLayer", ntop=3, param_str=json.dumps(params))
     path = directory / f"pairs_{abs(hash(json.dumps(params, sort_keys=True)))}.prototxt"
     path.write_text(str(spec.to_proto()))
     return path
@@ -230,7 +230,7 @@ SOLVER_SCRIPT = textwrap.dedent("""
     from caffe import layers as L, params as P
     caffe.set_mode_cpu()
     spec = caffe.NetSpec()
-    spec.data, spec.label, spec.sim = L.Python(module="abe.data", layer="PairDataLayer", ntop=3,
+    spec.data, spec.label, spec.sim = L.Python(module="abe.data.pair_layer", layer="PairDataLayer", ntop=3,
                                                param_str=sys.argv[1])
     spec.feature = L.InnerProduct(spec.data, num_output=4, weight_filler=dict(type="xavier"))
     spec.a, spec.b = L.Slice(spec.feature, slice_param=dict(axis=0), ntop=2)

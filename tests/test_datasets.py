@@ -13,10 +13,10 @@ from conftest import REPO
 
 from miniature import MAKERS, image_bytes, photo_rgb
 
-from abe import datasets
-from abe.data import iter_test_batches, read_labels
-from abe.imaging import PAD_BGR, BadImage, decode_bgr, resize_and_pad
-from abe.lmdb_store import iter_records, parse_datum, read_index
+from abe.data import datasets
+from abe.data.pair_layer import iter_test_batches, read_labels
+from abe.data.imaging import PAD_BGR, BadImage, decode_bgr, resize_and_pad
+from abe.data.lmdb_store import iter_records, parse_datum, read_index
 
 sys.path.insert(0, str(REPO / "data_prep"))
 import make_lmdb  # noqa: E402  (the CLI module under test)

@@ -8,9 +8,9 @@ from caffe import layers as L
 from conftest import REPO
 from google.protobuf import text_format
 
-from abe import netgen
-from abe.init_weights import InitError, initialize, weights_only
-from abe.model_stats import read_net
+from abe.net import netgen
+from abe.net.init_weights import InitError, initialize, weights_only
+from abe.net.model_stats import read_net
 
 TOOL = [sys.executable, str(REPO / "tools" / "init_weights.py")]
 

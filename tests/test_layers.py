@@ -1,4 +1,4 @@
-"""abe.layers through real Caffe nets: values, finite-difference gradients, propagate_down."""
+"""abe.net.layers through real Caffe nets: values, finite-difference gradients, propagate_down."""
 import json
 
 import numpy as np
@@ -9,7 +9,7 @@ STEP = 1e-3  # float32 nets: central differences with this step are good to ~1e-
 
 
 def python_net(caffe, tmp_path, shapes, layer, param=None, loss_weight=None, propagate_down=None):
-    """A net of Input blobs x0..x{k-1} feeding one abe.layers layer with top ``y``.
+    """A net of Input blobs x0..x{k-1} feeding one abe.net.layers layer with top ``y``.
 
     With ``propagate_down`` each input first passes a learnable Scale (top s{i}, scale 1), so
     the layer's bottoms need backward without ``force_backward``, which would override it."""
@@ -26,7 +26,7 @@ def python_net(caffe, tmp_path, shapes, layer, param=None, loss_weight=None, pro
         for i, top in enumerate(inputs):
             n[f"s{i}"] = L.Scale(top, bias_term=False)
         inputs = [n[f"s{i}"] for i in range(len(shapes))]
-    n.y = L.Python(*inputs, module="abe.layers", layer=layer,
+    n.y = L.Python(*inputs, module="abe.net.layers", layer=layer,
                    param_str=json.dumps(param or {}), **extra)
     proto = n.to_proto()
     proto.force_backward = propagate_down is None

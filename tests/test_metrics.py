@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from abe import metrics
+from abe.eval import metrics
 
 
 def brute_force_recall(query, query_labels, gallery, gallery_labels, ks, self_index):

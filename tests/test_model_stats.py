@@ -7,8 +7,8 @@ from caffe import layers as L
 from conftest import REPO
 from google.protobuf import text_format
 
-from abe import netgen
-from abe.model_stats import model_stats
+from abe.net import netgen
+from abe.net.model_stats import model_stats
 
 # Paper Table 1 (CARS-196): params in 10^7, MACs in 10^9, printed with two decimals.
 TABLE_1 = {"heads1_512": (0.65, 1.58), "heads8_512": (4.36, 6.28),

@@ -8,8 +8,8 @@ import pytest
 from conftest import REPO
 from google.protobuf import text_format
 
-from abe import netgen
-from abe.model_stats import read_net
+from abe.net import netgen
+from abe.net.model_stats import read_net
 
 GEN = [sys.executable, str(REPO / "tools" / "gen_prototxt.py")]
 
@@ -75,7 +75,7 @@ def test_committed_train_net_wiring():
     layers = layers_by_name(net)
     data = layers["data"]
     assert (data.type, data.python_param.module, data.python_param.layer) == \
-        ("Python", "abe.data", "PairDataLayer")
+        ("Python", "abe.data.pair_layer", "PairDataLayer")
     assert list(data.top) == ["data", "label", "sim"]
     assert json.loads(data.python_param.param_str) == {
         "source": "data/train_lmdb", "batch_pairs": 32, "positive_pairs": 16, "crop": 224}
@@ -87,7 +87,7 @@ def test_committed_train_net_wiring():
         assert loss.contrastive_loss_param.legacy_version
         assert layers[f"learner{m}/attention_conv"].param[0].lr_mult == 10
     div = layers["divergence_loss"]
-    assert (div.python_param.module, div.python_param.layer) == ("abe.layers", "DivergenceLoss")
+    assert (div.python_param.module, div.python_param.layer) == ("abe.net.layers", "DivergenceLoss")
     assert list(div.bottom) == [f"learner{m}/embedding" for m in range(8)]
     assert list(div.loss_weight) == [1]
     nodiv = layers_by_name(read_net(REPO / "prototxt" / "abe8_512_nodiv" / "train.prototxt"))

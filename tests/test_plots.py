@@ -3,7 +3,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from abe import plots
+from abe.eval import plots
 
 
 def test_self_pair_cosines_match_a_direct_computation():

@@ -18,9 +18,9 @@ TINY_NET = ["--M", "2", "--embed-dim", "16", "--crop", "32", "--batch", "16",
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
     """Every 4th image of the bundled digits: train 0-4 (~225), test 5-9 (~225), 40x40."""
-    from abe import datasets
-    from abe.digits import export_digits
-    from abe.prepare import build_split
+    from abe.data import datasets
+    from abe.data.digits import export_digits
+    from abe.data.prepare import build_split
 
     root = tmp_path_factory.mktemp("digits")
     splits = datasets.load("folder", export_digits(root / "png"))
@@ -81,8 +81,9 @@ def test_train_resume_and_evaluate(digits, tmp_path):
 
 def test_resume_draws_the_batches_of_an_uninterrupted_run(digits, tmp_path):
     """iter_size 2: a run resumed at iteration 3 has drawn 6 batches, not 3."""
-    from abe import netgen, training
-    from abe.data import close_data_layers
+    from abe.net import netgen
+    from abe.train import training
+    from abe.data.pair_layer import close_data_layers
 
     net = netgen.NetConfig(M=2, embed_dim=16, crop=32, batch=16, source=str(digits["train"]))
     solver = netgen.SolverConfig(base_lr=3e-4, lr_policy="fixed", iter_size=2)
@@ -129,7 +130,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_snapshot(digits, tmp_path):
 
 
 def self_pair_similarity(digits, run_dir, lambda_div):
-    from abe import evaluation, netgen, plots, training
+    from abe.eval import evaluation, plots
+    from abe.net import netgen
+    from abe.train import training
 
     settings = training.TrainSettings(run_dir=str(run_dir), max_iter=20, eval_every=20,
                                       snapshot_every=20, test_lmdbs=[str(digits["test"])])
@@ -152,7 +155,8 @@ def test_divergence_loss_makes_learners_differ(digits, tmp_path):
 
 
 def test_one_process_per_gpu_with_a_cpu_stand_in(digits, tmp_path):
-    from abe import netgen, training
+    from abe.net import netgen
+    from abe.train import training
 
     settings = training.TrainSettings(run_dir=str(tmp_path / "run"), max_iter=2,
                                       eval_every=2, snapshot_every=2,

@@ -14,7 +14,8 @@ from pathlib import Path
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 
-from abe import demo, evaluation  # noqa: E402
+from abe.train import demo  # noqa: E402
+from abe.eval import evaluation  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

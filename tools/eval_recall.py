@@ -28,7 +28,7 @@ import os
 import sys
 from pathlib import Path
 
-from abe import embeddings, evaluation, metrics
+from abe.eval import embeddings, evaluation, metrics
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 

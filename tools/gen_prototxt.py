@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from abe import netgen
+from abe.net import netgen
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 NET, SOLVER = netgen.NetConfig, netgen.SolverConfig
@@ -60,7 +60,7 @@ def parse_args(argv):
                      help="input size, a multiple of 32; pool5's kernel is crop/32 "
                           "(default %(default)s; smaller only for the offline CPU demo)")
     net.add_argument("--data", choices=netgen.DATA_MODES, default=NET.data,
-                     help="train-net input: pairs = the pair-sampling abe.data.PairDataLayer; "
+                     help="train-net input: pairs = the pair-sampling abe.data.pair_layer.PairDataLayer; "
                           "input = Input blobs of the same shapes (benches, tests)")
     net.add_argument("--source", default=NET.source,
                      help="train LMDB read by the pair data layer (default %(default)s)")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 
-from abe.init_weights import InitError, initialize  # noqa: E402
+from abe.net.init_weights import InitError, initialize  # noqa: E402
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "bvlc_googlenet.caffemodel"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 
-from abe.model_stats import model_stats, read_net  # noqa: E402
+from abe.net.model_stats import model_stats, read_net  # noqa: E402
 
 
 def main(argv=None):

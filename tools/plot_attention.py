@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from abe import embeddings, plots
+from abe.eval import embeddings, plots
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 

@@ -7,7 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from abe import plots, training
+from abe.eval import plots
+from abe.train import training
 
 
 def main(argv=None):

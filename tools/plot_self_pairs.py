@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from abe import embeddings, plots
+from abe.eval import embeddings, plots
 
 
 def main(argv=None):

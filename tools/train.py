@@ -29,7 +29,9 @@ from pathlib import Path
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 
-from abe import evaluation, netgen, training  # noqa: E402
+from abe.eval import evaluation  # noqa: E402
+from abe.net import netgen  # noqa: E402
+from abe.train import training  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_WEIGHTS = REPO / "weights" / "bvlc_googlenet.caffemodel"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from abe.pretrained import GOOGLENET_SHA1, GOOGLENET_URL, FetchError, fetch
+from abe.net.pretrained import GOOGLENET_SHA1, GOOGLENET_URL, FetchError, fetch
 
 
 def main(argv=None):

@@ -2,7 +2,7 @@
 the ensemble embedding and of each learner, on the test split's unseen classes."""
 import numpy as np
 
-from abe import embeddings, metrics
+from abe.eval import embeddings, metrics
 
 DEFAULT_BATCH = 50
 
@@ -17,7 +17,7 @@ def embed_test_set(net, lmdbs, batch_size=DEFAULT_BATCH, mean=(104, 117, 123), p
 
     Returns the dict that ``embeddings.load`` returns for a features file.
     """
-    from abe.data import iter_test_batches, read_labels
+    from abe.data.pair_layer import iter_test_batches, read_labels
 
     crop = net.blobs["data"].data.shape[-1]
     parts = []

@@ -226,7 +226,7 @@ def global_embedding(n, x, cfg, prefix="", share=False, fc="embed_fc"):
 
 
 def l2_normalize(n, bottom, name):
-    n[name] = L.Python(bottom, module="abe.layers", layer="L2Normalize")
+    n[name] = L.Python(bottom, module="abe.net.layers", layer="L2Normalize")
     return n[name]
 
 
@@ -280,7 +280,7 @@ def pair_data(n, cfg):
     else:
         param_str = json.dumps({"source": cfg.source, "batch_pairs": pairs,
                                 "positive_pairs": pairs // 2, "crop": cfg.crop})
-        n.data, n.label, n.sim = L.Python(module="abe.data", layer="PairDataLayer",
+        n.data, n.label, n.sim = L.Python(module="abe.data.pair_layer", layer="PairDataLayer",
                                           param_str=param_str, ntop=3)
     n.silence_label = L.Silence(n.label, ntop=0)  # class labels are for analysis, not a loss
     return n.data
@@ -298,7 +298,7 @@ def train_net(cfg):
             contrastive_loss_param=dict(margin=cfg.contrastive_margin, legacy_version=True))
     if cfg.M > 1 and cfg.lambda_div > 0:
         n.divergence_loss = L.Python(
-            *learner_embeddings, module="abe.layers", layer="DivergenceLoss",
+            *learner_embeddings, module="abe.net.layers", layer="DivergenceLoss",
             param_str=json.dumps({"margin": cfg.divergence_margin}), loss_weight=cfg.lambda_div)
     return named(n.to_proto(), cfg)
 

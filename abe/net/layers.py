@@ -1,6 +1,6 @@
 """Caffe Python layers of ABE-M: per-learner L2 normalization and the divergence loss.
 
-Loaded by Caffe through ``python_param { module: "abe.layers" layer: "..." }``. As in BVLC's
+Loaded by Caffe through ``python_param { module: "abe.net.layers" layer: "..." }``. As in BVLC's
 ``examples/pycaffe/layers``: parameters are parsed in ``setup`` (``param_str`` is JSON), shapes
 are set in ``reshape``, and ``forward``/``backward`` do array work only.
 """

@@ -14,7 +14,7 @@ import lmdb
 import numpy as np
 from caffe.proto import caffe_pb2
 
-from abe.imaging import decode_jpeg
+from abe.data.imaging import decode_jpeg
 
 INDEX_NAME = "index.tsv"
 INDEX_COLUMNS = ("key", "path", "class_id", "label")

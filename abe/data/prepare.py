@@ -14,8 +14,8 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
-from abe.imaging import BadImage, crop_box, decode_bgr, encode_jpeg, resize_and_pad
-from abe.lmdb_store import LmdbWriter, make_datum
+from abe.data.imaging import BadImage, crop_box, decode_bgr, encode_jpeg, resize_and_pad
+from abe.data.lmdb_store import LmdbWriter, make_datum
 
 ENCODINGS = ("jpeg", "raw")
 DEFAULT_QUALITY = 95

@@ -110,7 +110,7 @@ def prepare_run(settings, config_dir=None, net_cfg=None, solver_cfg=None, train_
     ``config_dir`` (a gen_prototxt output), the pair layer pointed at ``train_source`` when
     given and, with ``resume``, started at the newest snapshot's position in its stream (see
     ``batches_drawn``), the solver made run-specific, and config.json."""
-    from abe import netgen
+    from abe.net import netgen
 
     files = RunFiles(settings.run_dir)
     files.partial.mkdir(parents=True, exist_ok=True)
@@ -230,7 +230,7 @@ class Trainer:
             restore(caffe, self.solver, latest[1], self.files.snapshot(latest[0], "caffemodel"),
                     self.files.partial)
         elif settings.init_weights and rank == 0:  # other ranks receive it by NCCL broadcast
-            from abe.init_weights import initialize
+            from abe.net.init_weights import initialize
 
             initialized = self.files.partial / "init.caffemodel"
             initialize(self.files.train, settings.init_weights, initialized)
@@ -280,7 +280,7 @@ class Trainer:
 
     def evaluate(self):
         """Recall@K (ensemble and learners) on the test LMDB(s) with the current weights."""
-        from abe import evaluation
+        from abe.eval import evaluation
 
         features = evaluation.embed_test_set(self.test_net, self.settings.test_lmdbs,
                                              self.settings.eval_batch, progress=False)
@@ -342,7 +342,7 @@ class Trainer:
                     self.snapshot()
         finally:
             bar.close()
-            from abe.data import close_data_layers
+            from abe.data.pair_layer import close_data_layers
 
             close_data_layers(self.solver.net)  # Caffe never frees Python layers: stop workers
         return result
@@ -368,7 +368,7 @@ class Trainer:
 
 def check_pair_stream(net, expected):
     """A resumed run must draw the batches the uninterrupted run would have drawn next."""
-    from abe.data import PairDataLayer
+    from abe.data.pair_layer import PairDataLayer
 
     for layer in net.layers:
         if isinstance(layer, PairDataLayer) and layer.start_batch != expected:

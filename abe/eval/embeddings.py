@@ -118,7 +118,7 @@ def attention_maps(net, images):
 
 def attention_examples(net, lmdb, n_images):
     """(images, masks per learner) of ``n_images`` test images of different classes."""
-    from abe.data import iter_test_batches
+    from abe.data.pair_layer import iter_test_batches
 
     crop = net.blobs["data"].data.shape[-1]
     chosen, seen = [], set()

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from abe import embeddings, evaluation, netgen, plots, training
+from abe.eval import embeddings, evaluation, plots
+from abe.net import netgen
+from abe.train import training
 
 
 @dataclass(frozen=True)
@@ -41,9 +43,9 @@ class DemoConfig:
 
 def prepare_digits(out, image_size, workers=2, progress=True):
     """``out/train_lmdb`` (digits 0-4) and ``out/test_lmdb`` (digits 5-9) unless present."""
-    from abe import datasets
-    from abe.digits import export_digits
-    from abe.prepare import build_split
+    from abe.data import datasets
+    from abe.data.digits import export_digits
+    from abe.data.prepare import build_split
 
     out = Path(out)
     lmdbs = {split: out / f"{split}_lmdb" for split in ("train", "test")}

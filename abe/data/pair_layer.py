@@ -21,7 +21,7 @@ import signal
 import caffe
 import numpy as np
 
-from abe.lmdb_store import datum_header, iter_records, open_readonly, parse_datum
+from abe.data.lmdb_store import datum_header, iter_records, open_readonly, parse_datum
 
 PAIR_DEFAULTS = {"batch_pairs": 32, "positive_pairs": 16, "crop": 224, "mirror": True,
                  "mean": [104, 117, 123], "seed": 0, "workers": 2, "prefetch": 4,

@@ -1,0 +1,45 @@
+"""Exit conventions shared by every command line in tools/, data_prep/ and weights/.
+
+A user error is one line on stderr and exit 2, an environment failure one line and exit 1,
+Ctrl-C one line and exit 130: the promise in the README's "What bad input gets". The commands
+themselves stay in tools/ (parse arguments, call the library); only the conventions live here.
+"""
+import argparse
+import errno
+import sys
+
+from abe.errors import EnvironmentFailure, UserError
+
+# OSErrors that say the machine failed, not the user's input.
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ENOMEM, errno.EROFS,
+                      errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ECONNREFUSED, errno.ETIMEDOUT}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (no usage block) and exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def os_error_line(error):
+    """``strerror: filename`` without Python's ``[Errno N]`` prefix."""
+    where = f": {error.filename}" if error.filename else ""
+    return f"{error.strerror or error}{where}"
+
+
+def run(main, prog):
+    """Run ``main()`` and turn the known failures into one line on stderr and their status."""
+    try:
+        return main()
+    except UserError as error:
+        status, line = 2, str(error)
+    except EnvironmentFailure as error:
+        status, line = 1, str(error)
+    except KeyboardInterrupt:
+        status, line = 130, "interrupted"
+    except OSError as error:
+        status = 1 if error.errno in ENVIRONMENT_ERRNOS else 2
+        line = os_error_line(error)
+    print(f"{prog}: error: {line}", file=sys.stderr)
+    return status
