@@ -6,6 +6,10 @@ returns a half-grey image) and knows every mode the datasets contain (grayscale,
 16-bit, alpha). OpenCV resizes, and re-encodes the padded squares.
 """
 import io
+import os
+import stat
+import struct
+import warnings
 
 import cv2
 import numpy as np
@@ -14,27 +18,81 @@ from PIL import Image
 # Pad with the BGR channel mean that training subtracts (BVLC GoogLeNet's), so the padding is
 # ~0 at the network input: it adds no edges or energy that the image did not have.
 PAD_BGR = (104, 117, 123)
+# Per-image limits. Pixels: Pillow's own decompression-bomb threshold (~89.5 M pixels, 0.27 GB
+# as RGB), enforced here whatever Pillow is set to. Bytes: a file is read whole, and a quarter
+# of a GiB is far beyond a dataset photo.
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+MAX_FILE_BYTES = 256 << 20
+# What Pillow's decoders raise on damaged input (its own fuzzing tests accept these).
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error)
 
 
 class BadImage(ValueError):
     """An image file that cannot be decoded (zero-byte, truncated, corrupt); one-line message."""
 
 
+FILE_KINDS = {stat.S_ISDIR: "a folder", stat.S_ISFIFO: "a FIFO", stat.S_ISCHR: "a character device",
+              stat.S_ISBLK: "a block device", stat.S_ISSOCK: "a socket"}
+
+
+def _not_regular(mode):
+    kind = next((name for test, name in FILE_KINDS.items() if test(mode)), "not a file")
+    return BadImage(f"not a regular file ({kind})")
+
+
+def read_image_file(path):
+    """The bytes of the image file ``path``. Only regular files up to MAX_FILE_BYTES are read:
+    a FIFO would block forever and /dev/zero never ends, so both are refused before any read
+    (stat first; then open without blocking and check the opened file again)."""
+    try:
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            raise _not_regular(mode)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+        with os.fdopen(fd, "rb") as f:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise _not_regular(info.st_mode)
+            if info.st_size > MAX_FILE_BYTES:
+                raise BadImage(f"too large: {info.st_size:,} bytes (limit {MAX_FILE_BYTES:,})")
+            return f.read(MAX_FILE_BYTES)
+    except BadImage:
+        raise
+    except OSError as error:
+        raise BadImage(f"unreadable: {error.strerror or error}") from None
+    except ValueError as error:  # an embedded NUL byte in the path
+        raise BadImage(f"unreadable: {error}") from None
+
+
 def decode_bgr(data, background=PAD_BGR):
-    """Decode image bytes to an H x W x 3 uint8 BGR array; alpha is composited on ``background``."""
+    """Decode image bytes to an H x W x 3 uint8 BGR array; alpha is composited on ``background``.
+    Images over MAX_PIXELS (decompression bombs) are refused before their pixels are decoded."""
     if not data:
         raise BadImage("zero-byte file")
-    try:
-        image = Image.open(io.BytesIO(data))
-    except (OSError, SyntaxError, ValueError) as error:
-        raise BadImage(f"corrupt: not a readable image ({type(error).__name__})") from None
-    try:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # per-file notes (EXIF, palettes) are not actionable
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+            raise BadImage(f"too large: {_first_line(error)}") from None
+        except DECODE_ERRORS as error:
+            raise BadImage(f"corrupt: not a readable image ({type(error).__name__})") from None
         with image:
-            image.load()  # decodes now, so a truncated file raises here
-            return _to_bgr(image, background)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise BadImage(f"truncated or damaged: {reason}") from None
+            if image.width * image.height > MAX_PIXELS:
+                raise BadImage(f"too large: {image.width} x {image.height} pixels "
+                               f"(limit {MAX_PIXELS:,}: a decompression bomb?)")
+            try:
+                image.load()  # decodes now, so a truncated file raises here
+                return _to_bgr(image, background)
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+                raise BadImage(f"too large: {_first_line(error)}") from None
+            except DECODE_ERRORS as error:
+                raise BadImage(f"truncated or damaged: {_first_line(error)}") from None
+
+
+def _first_line(error):
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 def _to_bgr(image, background):

@@ -4,6 +4,10 @@ An LMDB folder is built under ``<name>.partial`` and renamed to ``<name>`` only 
 record and its index are on disk, so a folder with the final name is always complete. Keys are
 the zero-padded record number, so LMDB's sorted order is the order records were written in.
 The index (``index.tsv`` inside the folder, written with it) traces every key back to its file.
+
+The map starts small and doubles whenever LMDB reports it full, then the batch is written again:
+what BVLC Caffe's own writer (``db_lmdb.cpp``) does. A fixed huge map would need that much
+address space, which ``ulimit -v`` (common on cluster login nodes) refuses.
 """
 import csv
 import os
@@ -15,10 +19,11 @@ import numpy as np
 from caffe.proto import caffe_pb2
 
 from abe.data.imaging import decode_jpeg
+from abe.errors import EnvironmentFailure
 
 INDEX_NAME = "index.tsv"
 INDEX_COLUMNS = ("key", "path", "class_id", "label")
-MAP_SIZE = 1 << 40  # virtual reservation only; the file grows with what is written
+INITIAL_MAP_SIZE = 10 << 20  # LMDB's own default, which BVLC Caffe starts from
 COMMIT_EVERY = 500
 
 
@@ -57,35 +62,80 @@ def parse_datum(value):
 
 
 class LmdbWriter:
-    """Appends records to ``<path>.partial``; ``commit()`` writes the index and renames it."""
+    """Appends records to ``<path>.partial``; ``finish()`` writes the index, ``publish()`` gives
+    the folder its final name. LMDB failures (a full disk) become ``EnvironmentFailure``."""
 
-    def __init__(self, path):
+    def __init__(self, path, map_size=INITIAL_MAP_SIZE):
         self.path = Path(path)
         self.partial = self.path.with_name(self.path.name + ".partial")
         shutil.rmtree(self.partial, ignore_errors=True)  # leftover of an interrupted run
-        self.env = lmdb.open(str(self.partial), map_size=MAP_SIZE, subdir=True, lock=False)
-        self.txn = self.env.begin(write=True)
+        self.map_size = map_size
+        self.pending = []  # records of the batch not yet committed
         self.index = []
+        self.env = self._lmdb(lambda: lmdb.open(str(self.partial), map_size=map_size,
+                                                subdir=True, lock=False))
 
     def __len__(self):
         return len(self.index)
 
+    def _lmdb(self, call):
+        try:
+            return call()
+        except lmdb.Error as error:
+            raise self._failure(error) from None
+
+    def _failure(self, error):
+        """A one-line EnvironmentFailure; LMDB reports a full disk as an I/O error, so the free
+        space is part of the line."""
+        try:
+            free = f"{shutil.disk_usage(self.partial).free:,} bytes free on its disk"
+        except OSError:
+            free = "free space unknown"
+        return EnvironmentFailure(f"cannot write the LMDB {self.partial}: {error} ({free})")
+
     def append(self, value, path, class_id, label):
         key = record_key(len(self.index))
-        self.txn.put(key, value)
+        self.pending.append((key, value))
         self.index.append((key.decode(), str(path), str(class_id), int(label)))
-        if len(self.index) % COMMIT_EVERY == 0:
-            self.txn.commit()
-            self.txn = self.env.begin(write=True)
+        if len(self.pending) >= COMMIT_EVERY:
+            self._flush()
 
-    def commit(self):
-        self.txn.commit()
-        self.env.sync()
+    def _flush(self):
+        """Commit the pending batch, doubling the map and retrying while LMDB says it is full."""
+        while True:
+            try:
+                with self.env.begin(write=True) as txn:  # aborted if a put fails
+                    for key, value in self.pending:
+                        txn.put(key, value)
+                break
+            except lmdb.MapFullError:
+                self._grow()
+            except lmdb.Error as error:
+                raise self._failure(error) from None
+        self.pending.clear()
+
+    def _grow(self):
+        try:
+            self.env.set_mapsize(self.map_size * 2)
+        except lmdb.Error as error:
+            raise EnvironmentFailure(
+                f"cannot grow the LMDB map of {self.partial} to {self.map_size * 2 >> 20} MiB "
+                f"({error}; is the address space limited by ulimit -v?)") from None
+        self.map_size *= 2
+
+    def finish(self):
+        """Commit everything and write the index; the folder keeps its ``.partial`` name."""
+        self._flush()
+        self._lmdb(self.env.sync)
         self.env.close()
+        self.env = None
         with open(self.partial / INDEX_NAME, "w", newline="") as f:
             writer = csv.writer(f, delimiter="\t", lineterminator="\n")
             writer.writerow(INDEX_COLUMNS)
             writer.writerows(self.index)
+
+    def publish(self):
+        """Give the finished folder its final name (replacing an earlier build of it)."""
         replaced = self.path.with_name(self.path.name + ".old")
         shutil.rmtree(replaced, ignore_errors=True)
         if self.path.exists():
@@ -94,9 +144,16 @@ class LmdbWriter:
         shutil.rmtree(replaced, ignore_errors=True)
         return self.path
 
+    def commit(self):
+        """``finish()`` then ``publish()``."""
+        self.finish()
+        return self.publish()
+
     def abort(self):
-        self.txn.abort()
-        self.env.close()
+        """Drop everything written; nothing is left under either name."""
+        if self.env is not None:
+            self.env.close()
+            self.env = None
         shutil.rmtree(self.partial, ignore_errors=True)
 
 

@@ -4,9 +4,14 @@ Workers return finished records in annotation order (``imap``), so the LMDB is t
 number of workers and for a rerun after an interrupted run. They are started by a fork server
 (a clean process with this module preloaded): forking the caller itself can deadlock a worker
 on a lock that one of the caller's threads (OpenCV's pool, tqdm's monitor) held at the fork.
+A worker dies with the fork server, which exits when the caller dies (SIGKILL included), so no
+worker outlives the build, even one blocked in a read.
 """
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -14,11 +19,13 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
-from abe.data.imaging import BadImage, crop_box, decode_bgr, encode_jpeg, resize_and_pad
+from abe.data.imaging import (BadImage, crop_box, decode_bgr, encode_jpeg, read_image_file,
+                              resize_and_pad)
 from abe.data.lmdb_store import LmdbWriter, make_datum
 
 ENCODINGS = ("jpeg", "raw")
 DEFAULT_QUALITY = 95
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass
@@ -30,12 +37,10 @@ class SplitReport:
 
 def prepare_record(record, size, encoding, quality):
     """The serialized Datum of one record, or the one-line reason it was skipped."""
+    if record.rejected:
+        return None, record.rejected
     try:
-        data = Path(record.path).read_bytes()
-    except OSError as error:
-        return None, f"unreadable: {error.strerror or error}"
-    try:
-        image = decode_bgr(data)
+        image = decode_bgr(read_image_file(record.path))
     except BadImage as error:
         return None, str(error)
     if record.box is not None:
@@ -45,38 +50,76 @@ def prepare_record(record, size, encoding, quality):
     return make_datum(square, record.label, jpeg), None
 
 
-def _init_worker():
+def _die_with_parent(caller):
+    """SIGKILL this worker when its parent (the fork server) exits; exit now if ``caller``, the
+    process that started the build, is already gone (it died before the request took effect)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    try:
+        os.kill(caller, 0)
+    except ProcessLookupError:
+        os._exit(1)
+
+
+def _init_worker(caller):
     cv2.setNumThreads(1)  # parallelism comes from the worker processes
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's: it stops the pool
+    _die_with_parent(caller)
 
 
-def build_split(records, path, *, name, size=256, encoding="jpeg", quality=DEFAULT_QUALITY,
-                workers=1, progress=True):
-    """Write ``records`` to the LMDB ``path`` (atomically); return its SplitReport.
+def _write_split(records, writer, name, work, workers, progress):
+    report = SplitReport(name)
+    chunk = max(1, min(64, len(records) // (workers * 8)))
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    with context.Pool(workers, _init_worker, (os.getpid(),)) as pool:
+        results = pool.imap(work, records, chunksize=chunk)
+        for record, (value, reason) in tqdm(zip(records, results), total=len(records), desc=name,
+                                            unit="img", disable=not progress, file=sys.stdout):
+            if value is None:
+                report.skipped.append((record.path, reason))
+            else:
+                writer.append(value, record.path, record.class_id, record.label)
+    report.written = len(writer)
+    writer.finish()
+    return report
 
+
+def build_splits(jobs, *, size=256, encoding="jpeg", quality=DEFAULT_QUALITY, workers=1,
+                 progress=True):
+    """Write each ``(name, records, path)`` of ``jobs`` to its LMDB; return (reports, published).
+
+    All are built under ``.partial`` names and published together only when every split holds
+    at least one image: a failure or an empty split leaves the previous LMDBs as they were.
     The workers come from a fork server, so a script calling this needs the usual
     ``if __name__ == "__main__":`` guard.
     """
-    report = SplitReport(name)
-    writer = LmdbWriter(path)
     work = partial(prepare_record, size=size, encoding=encoding, quality=quality)
-    chunk = max(1, min(64, len(records) // (workers * 8)))
+    writers, reports = [], []
     try:
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__])
-        with context.Pool(workers, _init_worker) as pool:
-            results = pool.imap(work, records, chunksize=chunk)
-            for record, (value, reason) in tqdm(zip(records, results), total=len(records),
-                                                desc=name, unit="img", disable=not progress):
-                if value is None:
-                    report.skipped.append((record.path, reason))
-                else:
-                    writer.append(value, record.path, record.class_id, record.label)
-        report.written = len(writer)
-        writer.commit()
+        for name, records, path in jobs:
+            writers.append(LmdbWriter(path))
+            reports.append(_write_split(records, writers[-1], name, work, workers, progress))
     except BaseException:
-        writer.abort()
+        for writer in writers:
+            writer.abort()
         raise
-    return report
+    published = all(report.written for report in reports)
+    for writer in writers:
+        writer.publish() if published else writer.abort()
+    return reports, published
+
+
+def build_split(records, path, *, name, **options):
+    """One split (``build_splits`` options); its SplitReport. An empty result is not published."""
+    reports, _ = build_splits([(name, records, path)], **options)
+    return reports[0]
+
+
+def report_path_text(path):
+    """A path as one tab-free line of the report (control characters escaped)."""
+    text = str(path)
+    return text.encode("unicode_escape").decode() if any(ord(c) < 32 for c in text) else text
 
 
 def write_report(path, reports, warnings):
@@ -84,8 +127,12 @@ def write_report(path, reports, warnings):
     lines = [f"{r.name}: {r.written} written, {len(r.skipped)} skipped" for r in reports]
     lines += warnings
     for report in reports:
-        lines += [f"skipped\t{report.name}\t{p}\t{reason}" for p, reason in report.skipped]
+        lines += [f"skipped\t{report.name}\t{report_path_text(p)}\t{reason}"
+                  for p, reason in report.skipped]
     tmp = Path(str(path) + ".partial")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text("\n".join(lines) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return lines
