@@ -13,7 +13,7 @@ from pathlib import Path
 
 from abe import cli
 from abe.data import datasets
-from abe.data.prepare import DEFAULT_QUALITY, ENCODINGS, build_splits, write_report
+from abe.data.imaging import DEFAULT_QUALITY, ENCODINGS
 from abe.errors import UserError
 
 PROG = "make_lmdb"
@@ -54,6 +54,9 @@ def make_lmdbs(args):
         export_digits(args.root)
         name = "folder"
     splits = datasets.load(name, args.root, bbox=args.bbox)
+    # Imported once the input is accepted: refusing bad input needs neither Caffe nor workers.
+    from abe.data.prepare import build_splits, write_report
+
     args.out.mkdir(parents=True, exist_ok=True)
     jobs = [(split, records, args.out / f"{split}_lmdb") for split, records in splits.items()]
     try:

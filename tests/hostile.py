@@ -11,14 +11,15 @@ REPO = Path(__file__).resolve().parents[1]
 FORBIDDEN = ("Traceback", "Check failure", "*** ", "Aborted", "core dumped")
 
 
-def run_entry(args, cwd=None, env=None, timeout=300, stdin=subprocess.DEVNULL):
-    """Run ``args`` (a script path relative to the repo first: .py through this interpreter)."""
+def run_entry(args, cwd=None, env=None, timeout=300, stdin=subprocess.DEVNULL, preexec_fn=None):
+    """Run ``args`` (a script path relative to the repo first: .py through this interpreter);
+    ``preexec_fn`` runs in the child before the exec (resource limits, dropped privileges)."""
     script = REPO / args[0]
     command = [sys.executable, str(script), *map(str, args[1:])] if script.suffix == ".py" \
         else [str(script), *map(str, args[1:])]
     full_env = {**os.environ, "GLOG_minloglevel": "2", **(env or {})}
     return subprocess.run(command, cwd=cwd or REPO, env=full_env, capture_output=True, text=True,
-                          timeout=timeout, stdin=stdin)
+                          timeout=timeout, stdin=stdin, preexec_fn=preexec_fn)
 
 
 def assert_one_line_error(proc, status, *fragments):

@@ -3,6 +3,8 @@ formats (same file names, columns, headers, spacing and .mat struct), with small
 sizes and the awkward files real downloads contain: grayscale, CMYK, 16-bit and alpha images
 (to be converted) and zero-byte, truncated, corrupt and missing ones (to be skipped)."""
 import io
+import struct
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +67,22 @@ def image_bytes(kind, rgb):
         raise ValueError(kind)
     data = buffer.getvalue()
     return data[: len(data) // 2] if kind == "truncated" else data
+
+
+def bomb_png(width, height):
+    """A complete, valid 1-bit grayscale PNG of ``width`` x ``height`` white pixels: tiny on disk
+    (the rows compress to almost nothing), ``width * height`` pixels once decoded."""
+    row = b"\x00" + b"\xff" * ((width + 7) // 8)  # filter type 0, then the packed pixels
+    compressor = zlib.compressobj(1)
+    block = row * 1000
+    idat = b"".join(compressor.compress(block) for _ in range(height // 1000))
+    idat += compressor.compress(row * (height % 1000)) + compressor.flush()
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # bit depth 1, grayscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 class _Writer:

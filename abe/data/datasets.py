@@ -11,8 +11,6 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from scipy.io import loadmat
-
 from abe.errors import UserError
 
 EXPECTED_COUNTS = {
@@ -210,6 +208,8 @@ def _read_mat(path):
                            "cars_annos.mat is MATLAB v5: use the original download")
     if len(header) < 128 or not header.startswith(b"MATLAB 5.0 MAT-file"):
         raise DatasetError(f"{path} is not a MATLAB v5 file (the CARS-196 cars_annos.mat is one)")
+    from scipy.io import loadmat  # slow to import, and only CARS needs it
+
     try:
         return loadmat(str(path), squeeze_me=True)
     except Exception as error:  # noqa: BLE001  (see the docstring)

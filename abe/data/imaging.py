@@ -18,6 +18,8 @@ from PIL import Image
 # Pad with the BGR channel mean that training subtracts (BVLC GoogLeNet's), so the padding is
 # ~0 at the network input: it adds no edges or energy that the image did not have.
 PAD_BGR = (104, 117, 123)
+ENCODINGS = ("jpeg", "raw")  # datum payloads: JPEG bytes (decided, see the README) or pixels
+DEFAULT_QUALITY = 95
 # Per-image limits. Pixels: Pillow's own decompression-bomb threshold (~89.5 M pixels, 0.27 GB
 # as RGB), enforced here whatever Pillow is set to. Bytes: a file is read whole, and a quarter
 # of a GiB is far beyond a dataset photo.

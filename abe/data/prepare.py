@@ -4,14 +4,19 @@ Workers return finished records in annotation order (``imap``), so the LMDB is t
 number of workers and for a rerun after an interrupted run. They are started by a fork server
 (a clean process with this module preloaded): forking the caller itself can deadlock a worker
 on a lock that one of the caller's threads (OpenCV's pool, tqdm's monitor) held at the fork.
-A worker dies with the fork server, which exits when the caller dies (SIGKILL included), so no
-worker outlives the build, even one blocked in a read.
+No worker outlives the caller, even one blocked in a read or stopped: the kernel kills a worker
+when the fork server exits (PR_SET_PDEATHSIG), and the fork server exits when the caller dies
+(SIGKILL included) once no worker holds its "alive" pipe, so each worker lets go of its copy.
+A watchdog thread covers platforms without prctl.
 """
 import ctypes
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import signal
 import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -19,13 +24,12 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
-from abe.data.imaging import (BadImage, crop_box, decode_bgr, encode_jpeg, read_image_file,
-                              resize_and_pad)
+from abe.data.imaging import (DEFAULT_QUALITY, BadImage, crop_box, decode_bgr, encode_jpeg,
+                              read_image_file, resize_and_pad)
 from abe.data.lmdb_store import LmdbWriter, make_datum
 
-ENCODINGS = ("jpeg", "raw")
-DEFAULT_QUALITY = 95
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+WATCHDOG_S = 0.5  # how often a worker's watchdog checks that the caller is alive
 
 
 @dataclass
@@ -50,21 +54,37 @@ def prepare_record(record, size, encoding, quality):
     return make_datum(square, record.label, jpeg), None
 
 
-def _die_with_parent(caller):
-    """SIGKILL this worker when its parent (the fork server) exits; exit now if ``caller``, the
-    process that started the build, is already gone (it died before the request took effect)."""
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _die_with_caller(caller):
+    """Tie this worker's life to ``caller``, the process that started the build (see above)."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    try:
-        os.kill(caller, 0)
-    except ProcessLookupError:
+    alive_fd = getattr(multiprocessing.forkserver._forkserver, "_forkserver_alive_fd", None)
+    if alive_fd is not None:  # this worker starts no process of its own: it needs no copy
+        os.close(alive_fd)
+        multiprocessing.forkserver._forkserver._forkserver_alive_fd = None
+    if not _alive(caller):  # died before the above took effect
         os._exit(1)
+
+    def watchdog():
+        while _alive(caller):
+            time.sleep(WATCHDOG_S)
+        os._exit(1)
+
+    threading.Thread(target=watchdog, daemon=True).start()
 
 
 def _init_worker(caller):
+    _die_with_caller(caller)
     cv2.setNumThreads(1)  # parallelism comes from the worker processes
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's: it stops the pool
-    _die_with_parent(caller)
 
 
 def _write_split(records, writer, name, work, workers, progress):
