@@ -62,17 +62,21 @@ def make_lmdbs(args):
     try:
         reports, published = build_splits(jobs, size=args.size, encoding=args.encoding,
                                           quality=args.quality, workers=args.workers,
-                                          progress=sys.stdout.isatty())
+                                          progress=True)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; unfinished LMDBs removed, rerun to build them", file=sys.stderr)
         return 130
     written = {r.name: r.written for r in reports}
-    lines = write_report(args.out / "report.txt", reports, datasets.count_warnings(name, written))
-    report = args.out / "report.txt"
-    if not published:
+    warnings = datasets.count_warnings(name, written)
+    failed_report = args.out / "report.failed.txt"
+    if not published:  # the earlier LMDBs and their report.txt stay as they were
+        write_report(failed_report, reports, warnings)
         empty = next(r for r in reports if not r.written)
         raise UserError(f"no image of the {empty.name} split could be read ({len(empty.skipped)} "
-                        f"skipped, reasons in {report}); no LMDB written")
+                        f"skipped, reasons in {failed_report}); no LMDB written")
+    failed_report.unlink(missing_ok=True)
+    report = args.out / "report.txt"
+    lines = write_report(report, reports, warnings)
     print("\n".join(line for line in lines if not line.startswith("skipped\t")))
     skipped = sum(len(r.skipped) for r in reports)
     if skipped:

@@ -229,3 +229,32 @@ def test_resize_keeps_aspect_within_a_pixel_and_pads_to_the_square(width, height
     assert square.shape == (256, 256, 3)
     got_w, got_h = content_size(square)
     assert (got_w, got_h) == expected_size(width, height)
+
+
+GROW_UNDER_A_TIGHT_LIMIT = """
+import resource, sys
+import numpy as np
+from abe import cli
+from abe.data.lmdb_store import LmdbWriter, make_datum
+value = make_datum(np.zeros((256, 256, 3), np.uint8), 0)
+in_use = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (in_use + (256 << 20),) * 2)
+def build():
+    writer = LmdbWriter(sys.argv[1])
+    try:
+        for i in range(2000):  # 375 MiB of raw datums
+            writer.append(value, f"{i}.jpg", 0, 0)
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+sys.exit(cli.run(build, "grow"))
+"""
+
+
+def test_an_lmdb_that_outgrows_the_address_space_limit_is_one_line_exit_1(tmp_path):
+    result = subprocess.run([sys.executable, "-c", GROW_UNDER_A_TIGHT_LIMIT, str(tmp_path / "big_lmdb")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.count("\n") == 1 and "ulimit -v" in result.stderr
+    assert "Traceback" not in result.stderr and list(tmp_path.iterdir()) == []

@@ -163,9 +163,9 @@ def test_a_root_without_images_is_refused_after_the_report(dataset, tmp_path):
     root, _ = dataset("cub")
     shutil.rmtree(root / "images")
     proc = make_lmdb("--dataset", "cub", "--root", root, "--out", tmp_path / "out", "--workers", "1")
-    assert_one_line_error(proc, 2, "no image of the train split could be read", "report.txt")
-    assert final_names(tmp_path / "out") == ["report.txt"]  # why, file by file; no empty LMDB
-    assert "No such file or directory" in (tmp_path / "out" / "report.txt").read_text()
+    assert_one_line_error(proc, 2, "no image of the train split could be read", "report.failed.txt")
+    assert final_names(tmp_path / "out") == ["report.failed.txt"]  # why, file by file; no empty LMDB
+    assert "No such file or directory" in (tmp_path / "out" / "report.failed.txt").read_text()
 
 
 def drop_file_permission_override():

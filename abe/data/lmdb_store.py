@@ -85,13 +85,16 @@ class LmdbWriter:
             raise self._failure(error) from None
 
     def _failure(self, error):
-        """A one-line EnvironmentFailure; LMDB reports a full disk as an I/O error, so the free
-        space is part of the line."""
-        try:
-            free = f"{shutil.disk_usage(self.partial).free:,} bytes free on its disk"
-        except OSError:
-            free = "free space unknown"
-        return EnvironmentFailure(f"cannot write the LMDB {self.partial}: {error} ({free})")
+        """A one-line EnvironmentFailure. LMDB reports a full disk as an I/O error, so the line
+        gives the free space; running out of memory is usually a ``ulimit -v``."""
+        if isinstance(error, lmdb.MemoryError):
+            hint = f"map {self.map_size >> 20} MiB; is the address space limited by ulimit -v?"
+        else:
+            try:
+                hint = f"{shutil.disk_usage(self.partial).free:,} bytes free on its disk"
+            except OSError:
+                hint = "free space unknown"
+        return EnvironmentFailure(f"cannot write the LMDB {self.partial}: {error} ({hint})")
 
     def append(self, value, path, class_id, label):
         key = record_key(len(self.index))
@@ -115,12 +118,7 @@ class LmdbWriter:
         self.pending.clear()
 
     def _grow(self):
-        try:
-            self.env.set_mapsize(self.map_size * 2)
-        except lmdb.Error as error:
-            raise EnvironmentFailure(
-                f"cannot grow the LMDB map of {self.partial} to {self.map_size * 2 >> 20} MiB "
-                f"({error}; is the address space limited by ulimit -v?)") from None
+        self._lmdb(lambda: self.env.set_mapsize(self.map_size * 2))
         self.map_size *= 2
 
     def finish(self):
