@@ -5,12 +5,13 @@ Each loader returns ``{split name: [Record, ...]}`` in annotation-file order. La
 contiguous class indices within a split, in sorted order of the original class ids; In-shop's
 query and gallery share one label space so that equal labels mean the same item.
 """
+import io
 import math
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from abe.data.files import NotReadable, read_regular_file
 from abe.errors import UserError
 
 EXPECTED_COUNTS = {
@@ -80,24 +81,20 @@ def confine(base, relative):
     return path, None
 
 
-def _require(path):
-    """``path`` if it is a regular file of plausible size; never opens FIFOs or devices."""
+def _read(path):
+    """The bytes of an annotation file, never of a FIFO or device."""
     try:
-        info = os.stat(path)
+        return read_regular_file(path, MAX_ANNOTATION_BYTES)
     except FileNotFoundError:
         raise DatasetError(f"missing annotation file {path} (is --root the dataset's folder?)") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise DatasetError(f"annotation file {path} is not a regular file")
-    if info.st_size > MAX_ANNOTATION_BYTES:
-        raise DatasetError(f"annotation file {path} is {info.st_size:,} bytes, "
-                           f"not an annotation file (limit {MAX_ANNOTATION_BYTES:,})")
-    return path
+    except NotReadable as error:
+        raise DatasetError(f"annotation file {path}: {error}") from None
 
 
 def read_rows(path, columns, skip=0):
     """(line number, fields) of each non-blank row of a whitespace-separated annotation file,
     each row with exactly ``columns`` fields; one-line errors for binary or malformed files."""
-    data = Path(_require(path)).read_bytes()
+    data = _read(path)
     try:
         if b"\0" in data:
             raise UnicodeError("NUL bytes")
@@ -117,12 +114,12 @@ def read_rows(path, columns, skip=0):
 
 
 def _unique(path, rows):
-    """{first field: the other fields} of ``rows``; a repeated key is an error naming its line."""
+    """{id: value} of two-column ``rows``; a repeated id is an error naming its line."""
     table = {}
-    for number, (key, *rest) in rows:
+    for number, (key, value) in rows:
         if key in table:
             raise DatasetError(f"{path} line {number}: id {key} is listed twice")
-        table[key] = rest[0] if len(rest) == 1 else rest
+        table[key] = value
     return table
 
 
@@ -201,8 +198,8 @@ def _read_mat(path):
     """The variables of a MATLAB v5 file; one-line errors for anything else (text, empty,
     truncated, v7.3/HDF5). scipy raises many exception types on damaged files, hence the
     broad catch around the one call that parses untrusted bytes."""
-    with open(_require(path), "rb") as f:
-        header = f.read(128)
+    data = _read(path)
+    header = data[:128]
     if header.startswith(b"MATLAB 7.3") or header[124:128] in (b"\x00\x02IM", b"\x02\x00MI"):
         raise DatasetError(f"{path} is a MATLAB v7.3 (HDF5) file; the official CARS-196 "
                            "cars_annos.mat is MATLAB v5: use the original download")
@@ -211,7 +208,7 @@ def _read_mat(path):
     from scipy.io import loadmat  # slow to import, and only CARS needs it
 
     try:
-        return loadmat(str(path), squeeze_me=True)
+        return loadmat(io.BytesIO(data), squeeze_me=True)
     except Exception as error:  # noqa: BLE001  (see the docstring)
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise DatasetError(f"{path} is damaged or truncated ({reason})") from None

@@ -6,14 +6,14 @@ returns a half-grey image) and knows every mode the datasets contain (grayscale,
 16-bit, alpha). OpenCV resizes, and re-encodes the padded squares.
 """
 import io
-import os
-import stat
 import struct
 import warnings
 
 import cv2
 import numpy as np
 from PIL import Image
+
+from abe.data.files import NotReadable, read_regular_file
 
 # Pad with the BGR channel mean that training subtracts (BVLC GoogLeNet's), so the padding is
 # ~0 at the network input: it adds no edges or energy that the image did not have.
@@ -33,33 +33,12 @@ class BadImage(ValueError):
     """An image file that cannot be decoded (zero-byte, truncated, corrupt); one-line message."""
 
 
-FILE_KINDS = {stat.S_ISDIR: "a folder", stat.S_ISFIFO: "a FIFO", stat.S_ISCHR: "a character device",
-              stat.S_ISBLK: "a block device", stat.S_ISSOCK: "a socket"}
-
-
-def _not_regular(mode):
-    kind = next((name for test, name in FILE_KINDS.items() if test(mode)), "not a file")
-    return BadImage(f"not a regular file ({kind})")
-
-
 def read_image_file(path):
-    """The bytes of the image file ``path``. Only regular files up to MAX_FILE_BYTES are read:
-    a FIFO would block forever and /dev/zero never ends, so both are refused before any read
-    (stat first; then open without blocking and check the opened file again)."""
+    """The bytes of the image file ``path`` (a regular file up to MAX_FILE_BYTES), or BadImage."""
     try:
-        mode = os.stat(path).st_mode
-        if not stat.S_ISREG(mode):
-            raise _not_regular(mode)
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
-        with os.fdopen(fd, "rb") as f:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise _not_regular(info.st_mode)
-            if info.st_size > MAX_FILE_BYTES:
-                raise BadImage(f"too large: {info.st_size:,} bytes (limit {MAX_FILE_BYTES:,})")
-            return f.read(MAX_FILE_BYTES)
-    except BadImage:
-        raise
+        return read_regular_file(path, MAX_FILE_BYTES)
+    except NotReadable as error:
+        raise BadImage(str(error)) from None
     except OSError as error:
         raise BadImage(f"unreadable: {error.strerror or error}") from None
     except ValueError as error:  # an embedded NUL byte in the path
