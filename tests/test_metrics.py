@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from abe.eval import metrics
+from abe.errors import UserError
+from abe.eval import evaluation, metrics
 
 
 def brute_force_recall(query, query_labels, gallery, gallery_labels, ks, self_index):
@@ -73,7 +74,6 @@ def test_collapsed_embedding_scores_zero_and_query_is_excluded_by_index():
     # one class only: all tied, only positives around, the query itself is not its own hit
     same_class = np.zeros(6, dtype=int)
     assert metrics.recall_at_k(collapsed[:6], same_class, (1,)) == {1: 1.0}
-    assert metrics.recall_at_k(collapsed[:1], same_class[:1], (1,)) == {1: 0.0}
 
 
 def test_singleton_classes_are_misses():
@@ -85,6 +85,78 @@ def test_singleton_classes_are_misses():
     assert got[29] == pytest.approx(10 / 30)
     want = brute_force_recall(features, labels, features, labels, (1, 29), np.arange(30))
     assert got == pytest.approx(want)
+
+
+def test_a_query_without_a_same_class_item_misses_at_every_k_up_to_the_gallery():
+    rng = np.random.default_rng(4)
+    features = rng.standard_normal((11, 3)).astype(np.float32)
+    singletons = np.arange(11)
+    ks = tuple(range(1, 11))  # up to the gallery: the 10 other items
+    got = metrics.recall_at_k(features, singletons, ks, chunk=4)
+    assert got == {k: 0.0 for k in ks}
+    assert got == pytest.approx(brute_force_recall(features, singletons, features, singletons,
+                                                   ks, np.arange(11)))
+    ranks = metrics.first_positive_ranks(features, singletons, features, singletons,
+                                         self_index=np.arange(11))
+    assert (ranks == metrics.MISS).all()
+    # one class of two among singletons: only its two queries hit, and only at the full gallery
+    labels = singletons.copy()
+    labels[3] = 0
+    got = metrics.recall_at_k(features, labels, ks)
+    assert got[10] == pytest.approx(2 / 11)
+    assert got == pytest.approx(brute_force_recall(features, labels, features, labels, ks,
+                                                   np.arange(11)))
+
+
+@pytest.mark.parametrize("n, k", [(11, 11), (11, 1000), (2, 2), (1, 1)])
+def test_k_larger_than_the_gallery_is_refused(n, k):
+    features = np.arange(2 * n, dtype=np.float32).reshape(n, 2)
+    labels = np.zeros(n, dtype=int)
+    with pytest.raises(UserError, match="gallery"):
+        metrics.recall_at_k(features, labels, (1, k))
+
+
+def test_k_larger_than_a_query_gallery_is_refused_and_k_equal_to_it_is_exact():
+    rng = np.random.default_rng(8)
+    features = integer_features(rng, 12, 2)
+    labels = np.arange(12) % 5
+    is_query = np.arange(12) < 6
+    is_gallery = ~is_query
+    is_gallery[0] = True  # query 0 is in the gallery too: 6 - 1 items to rank for it
+    with pytest.raises(UserError, match="up to 6"):
+        metrics.recall_at_k_query_gallery(features, labels, is_query, is_gallery, (1, 7))
+    got = metrics.recall_at_k_query_gallery(features, labels, is_query, is_gallery, (1, 6))
+    gallery_rows = np.flatnonzero(is_gallery)
+    self_index = [0] + [-1] * 5
+    assert got == pytest.approx(brute_force_recall(
+        features[is_query], labels[is_query], features[gallery_rows], labels[gallery_rows],
+        (1, 6), self_index))
+
+
+@pytest.mark.parametrize("value, words", [(np.nan, "NaN or inf"), (np.inf, "NaN or inf"),
+                                          (-np.inf, "NaN or inf"), (1e30, "too large"),
+                                          (1e300, "NaN or inf")])
+def test_non_finite_or_overflowing_embeddings_are_refused(value, words):
+    features = np.random.default_rng(1).standard_normal((20, 4))
+    labels = np.arange(20) % 4
+    features[7, 2] = value
+    with pytest.raises(UserError, match=words) as error:
+        metrics.recall_at_k(features, labels, (1, 2))
+    assert "row 7" in str(error.value)
+
+
+def test_a_bad_learner_is_refused_before_anything_is_reported():
+    rng = np.random.default_rng(2)
+    good = rng.standard_normal((20, 4)).astype(np.float32)
+    bad = good.copy()
+    bad[3] = np.nan
+    features = {"features": good, "labels": np.arange(20) % 4, "learners": [good, bad],
+                "is_query": None, "is_gallery": None}
+    with pytest.raises(UserError, match="learner1: row 3"):
+        evaluation.evaluate(features, (1, 2))
+    features["learners"] = [good, good * 1e20]
+    with pytest.raises(UserError, match="learner1: values too large"):
+        evaluation.evaluate(features, (1, 2))
 
 
 def test_chunk_size_does_not_matter():

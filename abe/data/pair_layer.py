@@ -11,7 +11,6 @@ which prefetch worker decoded it or when. ``start_batch`` N replays the draws of
 uninterrupted run would be.
 """
 import atexit
-import json
 import mmap
 import multiprocessing
 import os
@@ -22,9 +21,10 @@ import caffe
 import numpy as np
 
 from abe.data.lmdb_store import datum_header, iter_records, open_readonly, parse_datum
+from abe.net import param_str
 
 PAIR_DEFAULTS = {"batch_pairs": 32, "positive_pairs": 16, "crop": 224, "mirror": True,
-                 "mean": [104, 117, 123], "seed": 0, "workers": 2, "prefetch": 4,
+                 "mean": [104.0, 117.0, 123.0], "seed": 0, "workers": 2, "prefetch": 4,
                  "start_batch": 0}
 WORKER_POLL_S = 0.5  # how often an idle worker checks that its parent is still alive
 RESULT_TIMEOUT_S = 60.0
@@ -193,14 +193,26 @@ class PairDataLayer(caffe.Layer):
     process exits (atexit), or by themselves once their parent is gone (killed).
     """
 
+    @staticmethod
+    def parse_param_str(text):
+        """The layer's parameters: PAIR_DEFAULTS overridden by the JSON ``text``."""
+        params = param_str.parse(text, PAIR_DEFAULTS, "PairDataLayer", required=("source",))
+
+        def need(ok, message):
+            param_str.require(ok, "PairDataLayer", message)
+        need(isinstance(params["source"], str) and params["source"],
+             '"source" must be the path of the training LMDB')
+        need(params["batch_pairs"] >= 1, "batch_pairs must be >= 1")
+        need(0 <= params["positive_pairs"] <= params["batch_pairs"],
+             "positive_pairs must be within 0..batch_pairs")
+        need(params["crop"] >= 1, "crop must be >= 1")
+        for key in ("seed", "workers", "start_batch"):
+            need(params[key] >= 0, f"{key} must be >= 0, got {params[key]}")
+        need(params["prefetch"] >= 1, "prefetch must be >= 1")
+        return params
+
     def setup(self, bottom, top):
-        given = json.loads(self.param_str or "{}")
-        unknown = sorted(set(given) - set(PAIR_DEFAULTS) - {"source"})
-        if unknown:
-            raise ValueError(f"PairDataLayer param_str: unknown keys {unknown}")
-        params = dict(PAIR_DEFAULTS, **given)
-        if "source" not in params:
-            raise ValueError('PairDataLayer param_str needs "source" (the training LMDB)')
+        params = self.parse_param_str(self.param_str)
         if len(top) != 3:
             raise ValueError("PairDataLayer has three tops: data, label, sim")
         self.source, self.crop = str(params["source"]), int(params["crop"])
@@ -214,15 +226,13 @@ class PairDataLayer(caffe.Layer):
         self.sampler = PairSampler(labels, self.pairs, int(params["positive_pairs"]), self.rng)
         self.sim = (np.arange(self.pairs) < int(params["positive_pairs"])).astype(np.float32)
         self.start_batch = int(params["start_batch"])
-        if self.start_batch < 0:
-            raise ValueError(f"PairDataLayer start_batch must be >= 0, got {self.start_batch}")
         for _ in range(self.start_batch):
             self.next_plan()
         self.plans, self.submitted, self.consumed = {}, self.start_batch, self.start_batch
         self.prefetcher, workers = None, int(params["workers"])
         if workers > 0:
             self.prefetcher = _Prefetcher(self.source, self.keys, self.batch_shape, self.mean,
-                                          workers, max(int(params["prefetch"]), 1))
+                                          workers, int(params["prefetch"]))
             atexit.register(self.prefetcher.stop)
             for slot in range(len(self.prefetcher.slots)):
                 self._submit(slot)

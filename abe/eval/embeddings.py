@@ -6,9 +6,14 @@ protocols such as In-shop) and ``learner0``, ``learner1``, ... (each learner's e
 """
 import os
 import re
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
+
+from abe.errors import UserError
+from abe.eval.metrics import check_embeddings
 
 ENSEMBLE_BLOB = "embedding"
 LEARNER_BLOB = re.compile(r"^learner(\d+)/embedding$")
@@ -16,7 +21,11 @@ ATTENTION_BLOB = re.compile(r"^learner(\d+)/attention$")
 LEARNER_ARRAY = re.compile(r"^learner(\d+)$")
 
 
-class FeaturesError(ValueError):
+NPZ_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip archive (an empty one ends at once)
+NPY_MAGIC = b"\x93NUMPY"
+
+
+class FeaturesError(UserError, ValueError):
     """A features file or array that cannot be evaluated; the message is one line for users."""
 
 
@@ -70,11 +79,7 @@ def save(path, features, labels, learners=(), is_query=None, is_gallery=None):
 
 def load(path):
     """Read and check a features file: dict with features, labels, learners (list), masks."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
-    except (OSError, ValueError, EOFError) as error:
-        raise FeaturesError(f"cannot read {path} as a .npz features file: {error}") from None
+    arrays = read_npz(path)
     for required in ("features", "labels"):
         if required not in arrays:
             raise FeaturesError(f"{path} has no array '{required}' (has: {sorted(arrays)})")
@@ -86,20 +91,44 @@ def load(path):
             "is_query": arrays.get("is_query"), "is_gallery": arrays.get("is_gallery")}
 
 
+def read_npz(path):
+    """{name: array} of an .npz, never unpickling; anything else is a one-line FeaturesError."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as error:
+        raise FeaturesError(f"cannot read {path}: {error.strerror}") from None
+    if magic.startswith(NPY_MAGIC):
+        raise FeaturesError(f"{path} is a single .npy array; a features file is an .npz with "
+                            "arrays 'features' and 'labels' (eval_recall.py --save-features)")
+    if not magic.startswith(NPZ_MAGIC):
+        raise FeaturesError(f"{path} is not an .npz features file (no zip archive header)")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    except ValueError as error:
+        if "pickle" in str(error):
+            raise FeaturesError(f"{path} holds an array of Python objects, which is never "
+                                "unpickled: save numeric arrays") from None
+        raise FeaturesError(f"{path} is a damaged .npz ({error})") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise FeaturesError(f"{path} is a truncated or damaged .npz ({error})") from None
+
+
 def check(features, labels, learners=(), is_query=None, is_gallery=None, source="features"):
     """Raise FeaturesError, one line, when the arrays cannot be evaluated together."""
     if features.ndim != 2 or features.shape[0] == 0 or features.shape[1] == 0:
         raise FeaturesError(f"{source}: 'features' must be a non-empty N x D array, "
                             f"got shape {features.shape}")
-    if not np.issubdtype(features.dtype, np.number) or not np.isfinite(features).all():
-        raise FeaturesError(f"{source}: 'features' must be finite numbers")
     n = len(features)
     if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
-        raise FeaturesError(f"{source}: 'labels' must be {n} integers, got {labels.dtype} "
-                            f"of shape {labels.shape}")
+        raise FeaturesError(f"{source}: 'labels' must be {n} integers (one per row of "
+                            f"'features'), got {labels.dtype} of shape {labels.shape}")
     for m, learner in enumerate(learners):
-        if learner.ndim != 2 or len(learner) != n:
+        if learner.ndim != 2 or len(learner) != n or learner.shape[1] == 0:
             raise FeaturesError(f"{source}: 'learner{m}' must be {n} x D, got {learner.shape}")
+    for name, x in [("features", features)] + [(f"learner{m}", x) for m, x in enumerate(learners)]:
+        check_embeddings(x, f"{source}: '{name}'")
     if (is_query is None) != (is_gallery is None):
         raise FeaturesError(f"{source}: give both 'is_query' and 'is_gallery' or neither")
     for name, mask in (("is_query", is_query), ("is_gallery", is_gallery)):

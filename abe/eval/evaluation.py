@@ -45,17 +45,20 @@ def evaluate(features, ks, with_nmi=False, progress=False):
     for a features dict (ensemble, labels, learners, masks)."""
     from tqdm import tqdm
 
-    def one(x):
+    def one(x, name):
         recall = metrics.evaluate_recall(x, features["labels"], ks, features["is_query"],
-                                         features["is_gallery"])
+                                         features["is_gallery"], name=name)
         entry = {"recall": {str(k): v for k, v in recall.items()}}
         if with_nmi:
             entry["nmi"] = metrics.nmi(x, features["labels"])
         return entry
 
-    sets = [features["features"]] + list(features["learners"])
-    entries = [one(x) for x in tqdm(sets, desc="Recall@K", unit="embedding",
-                                    disable=not progress)]
+    sets = [("features", features["features"])] + [
+        (f"learner{m}", x) for m, x in enumerate(features["learners"])]
+    for name, x in sets:  # refuse before spending time on any of them
+        metrics.check_embeddings(x, name)
+    entries = [one(x, name) for name, x in tqdm(sets, desc="Recall@K", unit="embedding",
+                                                disable=not progress)]
     query_gallery = features["is_query"] is not None
     result = dict(entries[0])
     result.update(learners=entries[1:],

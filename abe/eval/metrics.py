@@ -13,9 +13,17 @@ tolerance of each other (float32 round-off of equal distances, see ``tie_toleran
 tied. A query is excluded from its own gallery by index only; a query without any same-class
 gallery item (a singleton class) is a miss at every K.
 
+Refused (``UserError``), because no honest number comes out of them: a K larger than the
+gallery a query ranks (all-vs-all: N - 1 items; query/gallery: the gallery, less the query
+itself where it is also a gallery item), since at such a K every query with any same-class item
+is a hit whatever the embedding; no query at all; embeddings with NaN or inf, or so large that
+their squared distances overflow float32 (``check_embeddings``).
+
 The computation goes over query chunks, so memory is O(chunk x gallery), never N x N.
 """
 import numpy as np
+
+from abe.errors import UserError
 
 DATASET_KS = {
     "cub": (1, 2, 4, 8),
@@ -29,6 +37,38 @@ DATASET_KS = {
 # the same distance computed twice is ~1e-7 relative; real gaps between neighbours are larger.
 TIE_RTOL = 1e-6
 CHUNK_ELEMENTS = 1 << 26  # distances held at once (256 MB of float32)
+MISS = np.iinfo(np.int64).max  # the rank of a query without a same-class item: never <= K
+# Squared distances ||g||^2 - 2 q.g stay within 3x the largest squared norm: keep that finite.
+MAX_SQUARED_NORM = float(np.finfo(np.float32).max) / 4
+
+
+def check_embeddings(x, name="features"):
+    """Refuse (UserError, one line) embeddings that give no meaningful float32 distances."""
+    x = np.asarray(x)
+    if x.ndim != 2 or not (np.issubdtype(x.dtype, np.floating)
+                           or np.issubdtype(x.dtype, np.integer)):
+        raise UserError(f"{name}: must be an N x D array of real numbers, got {x.dtype} of "
+                        f"shape {x.shape}")
+    with np.errstate(all="ignore"):  # overflow is what is being checked, not a warning
+        finite = np.isfinite(x.astype(np.float32, copy=False)).all(axis=1)
+        if not finite.all():
+            raise UserError(f"{name}: row {np.argmin(finite)} holds NaN or inf "
+                            f"({np.count_nonzero(~finite)} of {len(x)} rows)")
+        squared_norms = np.einsum("ij,ij->i", x, x, dtype=np.float64)
+    if len(x) and squared_norms.max() > MAX_SQUARED_NORM:
+        row = int(np.argmax(squared_norms))
+        raise UserError(f"{name}: values too large for float32 distances (row {row} has squared "
+                        f"norm {squared_norms[row]:.3g}, at most {MAX_SQUARED_NORM:.3g})")
+
+
+def check_ks(ks, gallery_size):
+    """Refuse Ks that the gallery cannot support (see the module's docstring)."""
+    if gallery_size < 1:
+        raise UserError("the gallery is empty: each query needs at least one other item")
+    if max(ks) > gallery_size:
+        raise UserError(f"K={max(ks)} is larger than the gallery ({gallery_size} items per "
+                        f"query), where every query with a same-class item is a hit: use Ks "
+                        f"up to {gallery_size}")
 
 
 def tie_tolerance(gallery_sqnorms):
@@ -67,8 +107,8 @@ def first_positive_ranks(query, query_labels, gallery, gallery_labels, self_inde
     """Rank (1-based, tie rule above) of the nearest same-class gallery item for each query.
 
     ``self_index[i]`` is the gallery row holding query i itself (excluded), or -1 for none.
-    Returns an int64 array; queries without any same-class gallery item get a rank larger than
-    the gallery, so they miss at every K.
+    Returns an int64 array; queries without any same-class gallery item get ``MISS``, so they
+    miss at every K.
     """
     query_labels, gallery_labels = np.asarray(query_labels), np.asarray(gallery_labels)
     n_query, n_gallery = len(query), len(gallery)
@@ -82,7 +122,7 @@ def first_positive_ranks(query, query_labels, gallery, gallery_labels, self_inde
     augmented_gallery = np.hstack([-2.0 * gallery, gallery_sqnorms[:, None]]).T.copy()
     tolerance = tie_tolerance(gallery_sqnorms)
     classes = ClassIndex(gallery_labels)
-    ranks = np.full(n_query, n_gallery + 1, dtype=np.int64)
+    ranks = np.full(n_query, MISS, dtype=np.int64)
     for start in range(0, n_query, chunk):
         stop = min(start + chunk, n_query)
         block = np.ones((stop - start, query.shape[1] + 1), dtype=np.float32)
@@ -110,26 +150,33 @@ def first_positive_ranks(query, query_labels, gallery, gallery_labels, self_inde
 def recall_from_ranks(ranks, ks):
     """{K: fraction of queries whose first positive has rank <= K}."""
     ranks = np.asarray(ranks)
-    return {int(k): float(np.mean(ranks <= k)) if len(ranks) else 0.0 for k in ks}
+    if not len(ranks):
+        raise UserError("no queries: Recall@K is not defined")
+    return {int(k): float(np.mean(ranks <= k)) for k in ks}
 
 
-def recall_at_k(features, labels, ks, chunk=None):
+def recall_at_k(features, labels, ks, chunk=None, name="features"):
     """Recall@K with every item a query against all the others (CUB, CARS, SOP)."""
     features = np.asarray(features)
+    check_embeddings(features, name)
+    check_ks(ks, len(features) - 1)
     ranks = first_positive_ranks(features, labels, features, labels,
                                  self_index=np.arange(len(features)), chunk=chunk)
     return recall_from_ranks(ranks, ks)
 
 
-def recall_at_k_query_gallery(features, labels, is_query, is_gallery, ks, chunk=None):
+def recall_at_k_query_gallery(features, labels, is_query, is_gallery, ks, chunk=None,
+                              name="features"):
     """Recall@K of the query rows against the gallery rows (In-shop).
 
     A row that is both a query and a gallery item is excluded from its own ranking by index.
     """
     features = np.asarray(features)
+    check_embeddings(features, name)
     labels = np.asarray(labels)
     is_query = np.asarray(is_query, dtype=bool)
     is_gallery = np.asarray(is_gallery, dtype=bool)
+    check_ks(ks, int(is_gallery.sum()) - int((is_query & is_gallery).any()))
     gallery_rows = np.flatnonzero(is_gallery)
     position_in_gallery = np.full(len(features), -1, dtype=np.int64)
     position_in_gallery[gallery_rows] = np.arange(len(gallery_rows))
@@ -139,11 +186,12 @@ def recall_at_k_query_gallery(features, labels, is_query, is_gallery, ks, chunk=
     return recall_from_ranks(ranks, ks)
 
 
-def evaluate_recall(features, labels, ks, is_query=None, is_gallery=None, chunk=None):
+def evaluate_recall(features, labels, ks, is_query=None, is_gallery=None, chunk=None,
+                    name="features"):
     """Recall@K under the protocol the arrays imply: query/gallery when both masks are given."""
     if is_query is not None and is_gallery is not None:
-        return recall_at_k_query_gallery(features, labels, is_query, is_gallery, ks, chunk)
-    return recall_at_k(features, labels, ks, chunk)
+        return recall_at_k_query_gallery(features, labels, is_query, is_gallery, ks, chunk, name)
+    return recall_at_k(features, labels, ks, chunk, name)
 
 
 def kmeans_assignments(features, n_clusters, seed=0):

@@ -17,10 +17,13 @@ import numpy as np
 from caffe.proto import caffe_pb2
 from google.protobuf import text_format
 
+from abe.errors import UserError
+from abe.net.checks import blob_shape, same_shape
+
 COPY_PREFIX = re.compile(r"^(attention|learner\d+)/(.+)$")
 
 
-class InitError(ValueError):
+class InitError(UserError, ValueError):
     """The pretrained weights do not fit the net; the message is one line for users."""
 
 
@@ -47,19 +50,6 @@ def read_pretrained(path):
     if not layers:
         raise InitError(f"{path} holds no layer with weights")
     return layers
-
-
-def blob_shape(blob):
-    if blob.HasField("shape"):
-        return tuple(blob.shape.dim)
-    return (blob.num, blob.channels, blob.height, blob.width)  # legacy 4-D BlobProto
-
-
-def same_shape(pretrained, target):
-    """Caffe's rule: equal shapes, or a legacy 4-D shape that pads ``target`` with 1s in front."""
-    return pretrained == target or (
-        len(pretrained) == 4 and len(target) <= 4
-        and pretrained == (1,) * (4 - len(target)) + tuple(target))
 
 
 def source_layer(name, pretrained):

@@ -4,21 +4,10 @@ Loaded by Caffe through ``python_param { module: "abe.net.layers" layer: "..." }
 ``examples/pycaffe/layers``: parameters are parsed in ``setup`` (``param_str`` is JSON), shapes
 are set in ``reshape``, and ``forward``/``backward`` do array work only.
 """
-import json
-
 import caffe
 import numpy as np
 
-
-def parse_params(param_str, defaults):
-    """JSON ``param_str`` over ``defaults``; an unknown key is an error, not an ignored typo."""
-    params = json.loads(param_str) if param_str and param_str.strip() else {}
-    if not isinstance(params, dict):
-        raise ValueError(f"param_str must be a JSON object, got {param_str!r}")
-    unknown = sorted(set(params) - set(defaults))
-    if unknown:
-        raise ValueError(f"unknown param_str keys {unknown}; known: {sorted(defaults)}")
-    return {**defaults, **params}
+from abe.net import param_str
 
 
 class L2Normalize(caffe.Layer):
@@ -29,10 +18,16 @@ class L2Normalize(caffe.Layer):
     cosine similarity and the contrastive margin 1 only makes sense on the unit sphere.
     """
 
+    @staticmethod
+    def parse_param_str(text):
+        params = param_str.parse(text, {"eps": 1e-10}, "L2Normalize")
+        param_str.require(params["eps"] > 0, "L2Normalize", f"eps must be > 0, got {params['eps']}")
+        return params
+
     def setup(self, bottom, top):
         if len(bottom) != 1 or len(top) != 1:
             raise ValueError("L2Normalize takes one bottom and gives one top")
-        self.eps = float(parse_params(self.param_str, {"eps": 1e-10})["eps"])
+        self.eps = float(self.parse_param_str(self.param_str)["eps"])
 
     def reshape(self, bottom, top):
         top[0].reshape(*bottom[0].data.shape)
@@ -61,11 +56,18 @@ class DivergenceLoss(caffe.Layer):
     lambda_div. ``param_str``: ``{"margin": 1.0}``.
     """
 
+    @staticmethod
+    def parse_param_str(text):
+        params = param_str.parse(text, {"margin": 1.0}, "DivergenceLoss")
+        param_str.require(params["margin"] > 0, "DivergenceLoss",
+                          f"margin must be > 0, got {params['margin']}")
+        return params
+
     def setup(self, bottom, top):
         if len(bottom) < 2 or len(top) != 1:
             raise ValueError("DivergenceLoss takes at least 2 bottoms (one per learner) "
                              "and gives one top")
-        self.margin = float(parse_params(self.param_str, {"margin": 1.0})["margin"])
+        self.margin = float(self.parse_param_str(self.param_str)["margin"])
 
     def reshape(self, bottom, top):
         # pycaffe's blob vectors index but do not iterate, hence range(len(...)) below.
