@@ -19,7 +19,9 @@ Model mode writes such a file with --save-features. Recall@K uses the dataset's 
 Every image is a query against all others (itself excluded by index); with query/gallery
 LMDBs or masks, each query ranks the gallery. Ties: an item of another class at exactly the
 distance of the nearest same-class item ranks before it (so duplicates never inflate Recall);
-a query with no same-class item is a miss. Output: an aligned table in %, or with --json
+a query with no same-class item is a miss at every K. Refused with one line: a K larger than
+the gallery each query ranks (there Recall@K is 100% for any embedding), NaN/inf embeddings
+(learners included), weights that lack a layer of the deploy net or have other shapes. Output: an aligned table in %, or with --json
 one JSON object whose "recall" maps each K (a string) to a fraction in [0, 1].
 """
 import argparse
@@ -28,20 +30,17 @@ import os
 import sys
 from pathlib import Path
 
+from abe import cli
+from abe.errors import UserError
 from abe.eval import embeddings, evaluation, metrics
 
 os.environ.setdefault("GLOG_minloglevel", "2")
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):
-        """Usage errors: one line and exit status 2."""
-        self.exit(2, f"{self.prog}: error: {message}\n")
+PROG = "eval_recall.py"
 
 
 def parse_args(argv):
-    parser = Parser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.Parser(prog=PROG, description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     model = parser.add_argument_group("model mode")
     model.add_argument("--deploy", type=Path, help="deploy prototxt (input blob 'data')")
     model.add_argument("--weights", type=Path, help=".caffemodel with the trained weights")
@@ -50,7 +49,7 @@ def parse_args(argv):
     model.add_argument("--gallery-lmdb", type=Path, help="gallery LMDB (query/gallery protocol)")
     model.add_argument("--batch-size", type=int, default=evaluation.DEFAULT_BATCH,
                        help=f"images per forward pass (default {evaluation.DEFAULT_BATCH})")
-    model.add_argument("--gpu", type=int, help="GPU id (default: CPU)")
+    model.add_argument("--gpu", type=int, help="GPU id (default: CPU; needs the CUDA build)")
     model.add_argument("--save-features", type=Path, help="also write the features to this .npz")
     feats = parser.add_argument_group("features mode")
     feats.add_argument("--features", type=Path, help=".npz with features, labels[, is_query, "
@@ -90,21 +89,12 @@ def must_exist(fail, path):
         fail(f"{path} does not exist")
 
 
-def check_protos(args, fail):
-    from caffe.proto import caffe_pb2
-    from google.protobuf import message, text_format
+def features_from_model(args):
+    """Embed the test LMDB(s) with the deploy net, after checking the net and its weights."""
+    from abe.net import checks
+    from abe.train.devices import require_gpus
 
-    try:
-        text_format.Parse(args.deploy.read_text(), caffe_pb2.NetParameter())
-    except (message.DecodeError, text_format.ParseError, UnicodeDecodeError) as error:
-        fail(f"{args.deploy} is not a readable net prototxt: {str(error).splitlines()[0]}")
-    try:
-        caffe_pb2.NetParameter().ParseFromString(args.weights.read_bytes())
-    except message.DecodeError:
-        fail(f"{args.weights} is not a readable .caffemodel")
-
-
-def features_from_model(args, fail):
+    require_gpus([] if args.gpu is None else [args.gpu])
     import caffe
 
     if args.gpu is None:
@@ -112,10 +102,10 @@ def features_from_model(args, fail):
     else:
         caffe.set_device(args.gpu)
         caffe.set_mode_gpu()
-    check_protos(args, fail)  # Caffe aborts the process on an unreadable file: check first
-    net = caffe.Net(str(args.deploy), str(args.weights), caffe.TEST)
+    net = checks.checked_net(args.deploy, args.weights)
     if "data" not in net.blobs or embeddings.ENSEMBLE_BLOB not in net.blobs:
-        fail(f"{args.deploy} needs an input blob 'data' and an output blob 'embedding'")
+        raise UserError(f"{args.deploy} needs an input blob 'data' and an output blob "
+                        "'embedding'")
     lmdbs = [args.test_lmdb] if args.test_lmdb else [args.query_lmdb, args.gallery_lmdb]
     features = evaluation.embed_test_set(net, lmdbs, args.batch_size)
     if args.save_features:
@@ -125,16 +115,12 @@ def features_from_model(args, fail):
 
 
 def main(argv=None):
-    args, fail = parse_args(argv)
-    try:
-        features = (embeddings.load(args.features) if args.features
-                    else features_from_model(args, fail))
-    except embeddings.FeaturesError as error:
-        fail(str(error))
+    args, _ = parse_args(argv)
+    features = embeddings.load(args.features) if args.features else features_from_model(args)
     result = evaluation.evaluate(features, args.ks, with_nmi=args.nmi, progress=True)
     print(json.dumps(result) if args.json else evaluation.format_table(result))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, PROG))

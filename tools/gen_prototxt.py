@@ -14,20 +14,17 @@ import os
 import sys
 from pathlib import Path
 
+from abe import cli
 from abe.net import netgen
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 NET, SOLVER = netgen.NetConfig, netgen.SolverConfig
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):
-        """Usage errors: one line and exit status 2, no usage dump."""
-        self.exit(2, f"{self.prog}: error: {message}\n")
+PROG = "gen_prototxt.py"
 
 
 def parse_args(argv):
-    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.Parser(prog=PROG, description=__doc__,
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
     net = p.add_argument_group("network (paper section 3 and its ablations)")
     net.add_argument("--arch", choices=netgen.ARCHS, default=NET.arch,
                      help="abe: the attention-based ensemble, M learners B_m(x) = G(S(x) o "
@@ -121,16 +118,13 @@ def main(argv=None):
         args.out = Path("runs", "prototxt")
         if not args.paper_configs:
             args.out /= f"{args.arch}{args.M}_{args.embed_dim}"
-    try:
-        solver_cfg = SOLVER(**options(args, SOLVER))
-        if args.paper_configs:
-            if net_options != options(parser.parse_args(["--out", "."]), NET):
-                parser.error("--paper-configs takes no network options")
-            jobs = [(args.out / name, NET(**kw)) for name, kw in netgen.PAPER_CONFIGS.items()]
-        else:
-            jobs = [(args.out, NET(**net_options))]
-    except netgen.ConfigError as e:
-        parser.error(str(e))
+    solver_cfg = SOLVER(**options(args, SOLVER))  # ConfigError: one line, exit 2 (cli.run)
+    if args.paper_configs:
+        if net_options != options(parser.parse_args(["--out", "."]), NET):
+            parser.error("--paper-configs takes no network options")
+        jobs = [(args.out / name, NET(**kw)) for name, kw in netgen.PAPER_CONFIGS.items()]
+    else:
+        jobs = [(args.out, NET(**net_options))]
     for out, _ in jobs:
         if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not args.force)):
             parser.error(f"{out} exists and is not an empty directory (use --force to overwrite)")
@@ -141,4 +135,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, PROG))

@@ -15,14 +15,17 @@ from pathlib import Path
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 
-from abe.net.init_weights import InitError, initialize  # noqa: E402
+from abe import cli  # noqa: E402
+from abe.errors import UserError  # noqa: E402
+from abe.net.init_weights import initialize  # noqa: E402
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "bvlc_googlenet.caffemodel"
+PROG = "init_weights.py"
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.Parser(prog=PROG, description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--net", type=Path, required=True, help="generated train.prototxt")
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS,
                         help="pretrained .caffemodel (default weights/bvlc_googlenet.caffemodel, "
@@ -32,16 +35,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     for path in (args.net, args.weights):
         if not path.is_file():
-            print(f"init_weights.py: error: {path} is not a file", file=sys.stderr)
-            return 2
+            raise UserError(f"{path} is not a file")
     if not args.out.parent.is_dir():
-        print(f"init_weights.py: error: {args.out.parent} is not a directory", file=sys.stderr)
-        return 2
-    try:
-        report = initialize(args.net, args.weights, args.out)
-    except InitError as e:
-        print(f"init_weights.py: error: {e}", file=sys.stderr)
-        return 2
+        raise UserError(f"{args.out.parent} is not a directory")
+    if args.out.is_dir():
+        raise UserError(f"--out {args.out} is a directory; give the .caffemodel to write")
+    report = initialize(args.net, args.weights, args.out)
     copied = [r for r in report if r.source]
     fresh = [r for r in report if not r.source]
     if not args.quiet:
@@ -55,4 +54,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, PROG))

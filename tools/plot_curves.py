@@ -7,23 +7,23 @@ import argparse
 import sys
 from pathlib import Path
 
+from abe import cli
 from abe.eval import plots
-from abe.train import training
+
+PROG = "plot_curves.py"
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.Parser(prog=PROG, description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path, help="a run folder holding history.csv")
     parser.add_argument("--out", type=Path, help="PNG path (default RUN/curves.png)")
     args = parser.parse_args(argv)
-    history = args.run_dir / "history.csv"
-    if not history.is_file():
-        parser.exit(2, f"{parser.prog}: error: {history} does not exist\n")
-    print(plots.training_curves(training.read_history(history),
+    history = plots.read_history(args.run_dir / "history.csv")
+    print(plots.training_curves(history,
                                 args.out or args.run_dir / "curves.png", title=args.run_dir.name))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, PROG))

@@ -11,25 +11,26 @@ import argparse
 import sys
 from pathlib import Path
 
+from abe import cli
+from abe.errors import UserError
 from abe.eval import embeddings, plots
+
+PROG = "plot_self_pairs.py"
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.Parser(prog=PROG, description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--features", type=Path, required=True, help="features .npz")
     parser.add_argument("--out", type=Path, required=True, help="PNG path")
     parser.add_argument("--title", default="self-pair cosine similarity")
     args = parser.parse_args(argv)
-    try:
-        features = embeddings.load(args.features)
-    except embeddings.FeaturesError as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    features = embeddings.load(args.features)
     if len(features["learners"]) < 2:
-        parser.exit(2, f"{parser.prog}: error: {args.features} holds fewer than two learners\n")
+        raise UserError(f"{args.features} holds fewer than two learners")
     print(plots.self_pair_histograms(features["learners"], args.out, args.title))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, PROG))

@@ -21,6 +21,7 @@ import caffe
 import numpy as np
 
 from abe.data.lmdb_store import datum_header, iter_records, open_readonly, parse_datum
+from abe.errors import UserError
 from abe.net import param_str
 
 PAIR_DEFAULTS = {"batch_pairs": 32, "positive_pairs": 16, "crop": 224, "mirror": True,
@@ -55,7 +56,7 @@ def iter_test_batches(lmdb_path, batch_size, crop=224, mean=(104, 117, 123)):
         image, labels[filled] = parse_datum(value)
         height, width = image.shape[:2]
         if crop > min(height, width):
-            raise ValueError(f"crop {crop} is larger than the {height}x{width} images of {lmdb_path}")
+            raise UserError(f"crop {crop} is larger than the {height}x{width} images of {lmdb_path}")
         crop_into(images[filled], image, (height - crop) // 2, (width - crop) // 2, False, mean)
         filled += 1
         if filled == batch_size:

@@ -2,6 +2,7 @@
 the ensemble embedding and of each learner, on the test split's unseen classes."""
 import numpy as np
 
+from abe.errors import UserError
 from abe.eval import embeddings, metrics
 
 DEFAULT_BATCH = 50
@@ -17,12 +18,12 @@ def embed_test_set(net, lmdbs, batch_size=DEFAULT_BATCH, mean=(104, 117, 123), p
 
     Returns the dict that ``embeddings.load`` returns for a features file.
     """
-    from abe.data.pair_layer import iter_test_batches, read_labels
+    from abe.data.pair_layer import iter_test_batches
 
     crop = net.blobs["data"].data.shape[-1]
     parts = []
     for path in lmdbs:
-        total = -(-len(read_labels(path)) // batch_size)
+        total = -(-len(test_labels(path)) // batch_size)
         blobs, labels = embeddings.extract(
             net, iter_test_batches(path, batch_size, crop=crop, mean=mean), total=total,
             progress=progress)
@@ -40,6 +41,24 @@ def embed_test_set(net, lmdbs, batch_size=DEFAULT_BATCH, mean=(104, 117, 123), p
     return result
 
 
+def test_labels(path):
+    """The labels of a test LMDB; one that is not a readable, non-empty LMDB of Caffe Datums
+    is a UserError (LMDB and protobuf errors would otherwise surface mid-evaluation)."""
+    import lmdb
+    from google.protobuf.message import DecodeError
+
+    from abe.data.pair_layer import read_labels
+
+    try:
+        labels = read_labels(path)
+    except (lmdb.Error, DecodeError) as error:
+        raise UserError(f"{path} is not a readable LMDB of Caffe Datums "
+                        f"({type(error).__name__}: {str(error).splitlines()[0]})") from None
+    if not len(labels):
+        raise UserError(f"{path} is an empty LMDB")
+    return labels
+
+
 def evaluate(features, ks, with_nmi=False, progress=False):
     """{"recall": {"K": fraction}, "nmi"?, "learners": [...], "queries": n, "protocol": ...}
     for a features dict (ensemble, labels, learners, masks)."""
@@ -55,6 +74,8 @@ def evaluate(features, ks, with_nmi=False, progress=False):
 
     sets = [("features", features["features"])] + [
         (f"learner{m}", x) for m, x in enumerate(features["learners"])]
+    metrics.check_ks(ks, metrics.gallery_size(len(features["labels"]), features["is_query"],
+                                              features["is_gallery"]))
     for name, x in sets:  # refuse before spending time on any of them
         metrics.check_embeddings(x, name)
     entries = [one(x, name) for name, x in tqdm(sets, desc="Recall@K", unit="embedding",

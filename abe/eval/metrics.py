@@ -61,6 +61,15 @@ def check_embeddings(x, name="features"):
                         f"norm {squared_norms[row]:.3g}, at most {MAX_SQUARED_NORM:.3g})")
 
 
+def gallery_size(n, is_query=None, is_gallery=None):
+    """Items each query ranks, at the least: N - 1 all-vs-all; the gallery, less the query
+    itself where a query is also a gallery item."""
+    if is_query is None or is_gallery is None:
+        return n - 1
+    is_query, is_gallery = np.asarray(is_query, bool), np.asarray(is_gallery, bool)
+    return int(is_gallery.sum()) - int((is_query & is_gallery).any())
+
+
 def check_ks(ks, gallery_size):
     """Refuse Ks that the gallery cannot support (see the module's docstring)."""
     if gallery_size < 1:
@@ -159,7 +168,7 @@ def recall_at_k(features, labels, ks, chunk=None, name="features"):
     """Recall@K with every item a query against all the others (CUB, CARS, SOP)."""
     features = np.asarray(features)
     check_embeddings(features, name)
-    check_ks(ks, len(features) - 1)
+    check_ks(ks, gallery_size(len(features)))
     ranks = first_positive_ranks(features, labels, features, labels,
                                  self_index=np.arange(len(features)), chunk=chunk)
     return recall_from_ranks(ranks, ks)
@@ -176,7 +185,7 @@ def recall_at_k_query_gallery(features, labels, is_query, is_gallery, ks, chunk=
     labels = np.asarray(labels)
     is_query = np.asarray(is_query, dtype=bool)
     is_gallery = np.asarray(is_gallery, dtype=bool)
-    check_ks(ks, int(is_gallery.sum()) - int((is_query & is_gallery).any()))
+    check_ks(ks, gallery_size(len(features), is_query, is_gallery))
     gallery_rows = np.flatnonzero(is_gallery)
     position_in_gallery = np.full(len(features), -1, dtype=np.int64)
     position_in_gallery[gallery_rows] = np.arange(len(gallery_rows))

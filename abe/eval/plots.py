@@ -1,6 +1,7 @@
 """The figures people look at: training curves, self-pair similarities (paper Fig. 5) and the
 learners' attention masks (paper Fig. 6). PNG through matplotlib's Agg backend, written to a
 temporary name and renamed, so a figure on disk is always complete."""
+import csv
 import os
 from itertools import combinations
 from pathlib import Path
@@ -11,6 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from abe.errors import UserError  # noqa: E402
+
 
 def save(fig, path):
     path = Path(path)
@@ -19,6 +22,24 @@ def save(fig, path):
     plt.close(fig)
     os.replace(tmp, path)
     return path
+
+
+def read_history(path):
+    """A run's history.csv for plotting; a file that is not one is a UserError (one line)."""
+    from abe.train.training import read_history as read_csv
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist (not a run folder?)")
+    try:
+        history = read_csv(path)
+    except (ValueError, TypeError, UnicodeDecodeError, csv.Error) as error:
+        raise UserError(f"{path} is not a training history (numbers under a header row): "
+                        f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") \
+            from None
+    if len(history.get("iteration", ())) == 0:
+        raise UserError(f"{path} has no rows under an 'iteration' column")
+    return history
 
 
 def training_curves(history, path, title="training"):

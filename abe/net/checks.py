@@ -154,3 +154,14 @@ def load_weights(net, weights_path, net_path):
     """``check_weights``, then Caffe's ``copy_from``: every learnable layer gets its weights."""
     check_weights(net, weights_path, net_path)
     net.copy_from(str(weights_path))
+
+
+def checked_net(net_path, weights_path=None, phase="TEST"):
+    """A ``caffe.Net`` from ``net_path`` (and ``weights_path``), each checked before Caffe sees it."""
+    import caffe
+
+    check_prototxt(net_path)
+    net = caffe.Net(str(net_path), getattr(caffe, phase))
+    if weights_path is not None:
+        load_weights(net, weights_path, net_path)
+    return net

@@ -2,9 +2,11 @@
 
 Layers with a BVLC name are copied by name. Renamed copies of a BVLC block (the attention
 trunk ``attention/inception_4a/...``, the M-heads towers ``learner{m}/inception_4a/...``) get
-the pretrained block with the name after the prefix. Everything else (the attention 1x1
-convolutions, the embedding FC) keeps its filler's initialization: xavier, as the generator
-writes it. Any shape disagreement is an error: a silently skipped layer would train from noise.
+the pretrained block with the name after the prefix. The layers GoogLeNet does not have (the
+attention 1x1 convolutions, the embedding FC: ``NEW_LAYER``) keep their filler's initialization:
+xavier, as the generator writes it. Any shape disagreement, and any other layer missing from
+the pretrained file (a truncated or different model), is an error: a silently skipped layer
+would train from noise.
 """
 import json
 import os
@@ -18,9 +20,10 @@ from caffe.proto import caffe_pb2
 from google.protobuf import text_format
 
 from abe.errors import UserError
-from abe.net.checks import blob_shape, same_shape
+from abe.net.checks import blob_shape, check_prototxt, same_shape
 
 COPY_PREFIX = re.compile(r"^(attention|learner\d+)/(.+)$")
+NEW_LAYER = re.compile(r"(^|/)embed_fc$|^learner\d+/attention(_conv)?$")  # not in GoogLeNet
 
 
 class InitError(UserError, ValueError):
@@ -83,9 +86,7 @@ def initialize(net_path, pretrained_path, out_path):
     import caffe
 
     pretrained = read_pretrained(pretrained_path)
-    net_param = caffe_pb2.NetParameter()
-    with open(net_path) as f:
-        text_format.Merge(f.read(), net_param)
+    net_param = check_prototxt(net_path)
     fillers = {layer.name: layer_filler(layer) for layer in net_param.layer}
     out_dir = os.path.dirname(os.path.abspath(out_path))
     fd, tmp = tempfile.mkstemp(suffix=".prototxt", dir=out_dir)
@@ -101,6 +102,9 @@ def initialize(net_path, pretrained_path, out_path):
         count = sum(b.count for b in blobs)
         if source:
             copy_layer(name, blobs, source, pretrained[source], pretrained_path)
+        elif not NEW_LAYER.search(name):
+            raise InitError(f"{pretrained_path} has no weights for layer '{name}' (truncated, "
+                            "or not bvlc_googlenet.caffemodel)")
         report.append(LayerInit(name, source, "" if source else fillers[name], count))
     fd, tmp = tempfile.mkstemp(suffix=".caffemodel.part", dir=out_dir)
     os.close(fd)

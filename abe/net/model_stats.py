@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from caffe.proto import caffe_pb2
 from google.protobuf import text_format
 
+from abe.net.checks import read_prototxt as read_net
+
 COUNTED = ("Convolution", "InnerProduct")
 
 
@@ -19,13 +21,6 @@ COUNTED = ("Convolution", "InnerProduct")
 class ModelStats:
     params: int
     macs: int  # per image, convolution + inner product
-
-
-def read_net(path):
-    net = caffe_pb2.NetParameter()
-    with open(path) as f:
-        text_format.Merge(f.read(), net)
-    return net
 
 
 def single_image(net):

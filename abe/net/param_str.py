@@ -31,7 +31,7 @@ def parse(param_str, defaults, layer, required=()):
         raise ValueError(f"{layer} param_str needs {', '.join(map(repr, missing))}")
     for key, value in given.items():
         if key in defaults and not same_kind(value, defaults[key]):
-            raise ValueError(f"{layer} param_str: {key!r} must be like {defaults[key]!r}, "
+            raise ValueError(f"{layer} param_str: {key!r} must be {kind(defaults[key])}, "
                              f"got {value!r}")
     return {**defaults, **given}
 
@@ -47,6 +47,19 @@ def same_kind(value, default):
         return (isinstance(value, list) and len(value) == len(default)
                 and all(same_kind(v, d) for v, d in zip(value, default)))
     return isinstance(value, type(default))
+
+
+def kind(default):
+    """What ``same_kind`` accepts for ``default``, in words."""
+    if isinstance(default, bool):
+        return "true or false"
+    if isinstance(default, int):
+        return "an integer"
+    if isinstance(default, float):
+        return "a finite number"
+    if isinstance(default, list):
+        return f"a list of {len(default)} numbers"
+    return f"a {type(default).__name__}"
 
 
 def require(ok, layer, message):
