@@ -1,5 +1,6 @@
 """abe.net.layers through real Caffe nets: values, finite-difference gradients, propagate_down."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -145,3 +146,25 @@ def test_divergence_loss_respects_propagate_down(caffe, tmp_path):
 def test_layers_reject_unknown_params(caffe, tmp_path):
     with pytest.raises(Exception, match="unknown param_str keys"):
         python_net(caffe, tmp_path, [(2, 3)] * 2, "DivergenceLoss", {"margn": 1.0})
+
+
+@pytest.mark.parametrize("layer, shapes, param_str, message", [
+    ("DivergenceLoss", [(2, 3)] * 2, "{margin: 1}", "DivergenceLoss param_str is not JSON"),
+    ("DivergenceLoss", [(2, 3)] * 2, '{"margin": "wide"}', "'margin' must be a finite number"),
+    ("DivergenceLoss", [(2, 3)] * 2, '{"margin": -1}', "margin must be > 0"),
+    ("L2Normalize", [(2, 3)], "[1e-10]", "L2Normalize param_str must be a JSON object"),
+    ("L2Normalize", [(2, 3)], '{"eps": true}', "'eps' must be a finite number"),
+])
+def test_layers_loaded_directly_say_what_is_wrong(caffe, tmp_path, layer, shapes, param_str,
+                                                  message):
+    """Caffe runs setup itself (no pre-check on this path): the error still names the problem."""
+    from caffe import layers as L
+
+    n = caffe.NetSpec()
+    inputs = L.Input(shape=[dict(dim=list(s)) for s in shapes], ntop=len(shapes))
+    inputs = inputs if len(shapes) > 1 else [inputs]
+    n.y = L.Python(*inputs, module="abe.net.layers", layer=layer, param_str=param_str)
+    path = tmp_path / "net.prototxt"
+    path.write_text(str(n.to_proto()))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        caffe.Net(str(path), caffe.TEST)

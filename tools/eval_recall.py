@@ -76,6 +76,8 @@ def parse_args(argv):
         for path in model_args:
             if path is not None:
                 must_exist(fail, path)
+        if args.save_features and not args.save_features.parent.is_dir():
+            fail(f"--save-features: {args.save_features.parent} is not a directory")
     if args.ks is not None and min(args.ks) < 1:
         fail("--ks must be positive integers")
     if args.batch_size < 1:
@@ -95,6 +97,8 @@ def features_from_model(args):
     from abe.train.devices import require_gpus
 
     require_gpus([] if args.gpu is None else [args.gpu])
+    lmdbs = [args.test_lmdb] if args.test_lmdb else [args.query_lmdb, args.gallery_lmdb]
+    evaluation.check_test_set(lmdbs, args.ks)
     import caffe
 
     if args.gpu is None:
@@ -106,7 +110,6 @@ def features_from_model(args):
     if "data" not in net.blobs or embeddings.ENSEMBLE_BLOB not in net.blobs:
         raise UserError(f"{args.deploy} needs an input blob 'data' and an output blob "
                         "'embedding'")
-    lmdbs = [args.test_lmdb] if args.test_lmdb else [args.query_lmdb, args.gallery_lmdb]
     features = evaluation.embed_test_set(net, lmdbs, args.batch_size)
     if args.save_features:
         embeddings.save(args.save_features, features["features"], features["labels"],

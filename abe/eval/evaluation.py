@@ -21,6 +21,8 @@ def embed_test_set(net, lmdbs, batch_size=DEFAULT_BATCH, mean=(104, 117, 123), p
     from abe.data.pair_layer import iter_test_batches
 
     crop = net.blobs["data"].data.shape[-1]
+    for path in lmdbs:
+        check_crop(path, crop)
     parts = []
     for path in lmdbs:
         total = -(-len(test_labels(path)) // batch_size)
@@ -57,6 +59,26 @@ def test_labels(path):
     if not len(labels):
         raise UserError(f"{path} is an empty LMDB")
     return labels
+
+
+def check_crop(path, crop):
+    """Refuse a crop larger than the images of an LMDB (its first record: make_lmdb.py writes
+    images of one size), before anything is embedded."""
+    from abe.data.lmdb_store import datum_header, iter_records
+
+    for _, value in iter_records(path):
+        _, height, width = datum_header(value)
+        if crop > min(height, width):
+            raise UserError(f"crop {crop} of the net is larger than the {height}x{width} images "
+                            f"of {path}")
+        return
+
+
+def check_test_set(lmdbs, ks):
+    """Refuse, before any embedding, test LMDBs that are unreadable or too small for ``ks``:
+    one LMDB is all-vs-all (N - 1 items per query), two are query and gallery."""
+    sizes = [len(test_labels(path)) for path in lmdbs]
+    metrics.check_ks(ks, sizes[0] - 1 if len(sizes) == 1 else sizes[1])
 
 
 def evaluate(features, ks, with_nmi=False, progress=False):

@@ -431,11 +431,11 @@ def write_config(out, cfg, solver_cfg):
     fresh = not out.exists()
     suffix = f".partial-{os.getpid()}"
     staging = out.with_name(f".{out.name}{suffix}") if fresh else out
-    if fresh:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging.mkdir()
     written = []
     try:
+        if fresh:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            staging.mkdir()
         for name, text in texts.items():
             written.append(staging / f".{name}{suffix}")
             written[-1].write_text(text)

@@ -25,7 +25,7 @@ def parse(param_str, defaults, layer, required=()):
     known = set(defaults) | set(required)
     unknown = sorted(set(given) - known)
     if unknown:
-        raise ValueError(f"{layer} param_str: unknown keys {unknown}; known: {sorted(known)}")
+        raise ValueError(f"{layer}: unknown param_str keys {unknown}; known: {sorted(known)}")
     missing = [key for key in required if key not in given]
     if missing:
         raise ValueError(f"{layer} param_str needs {', '.join(map(repr, missing))}")
