@@ -170,7 +170,7 @@ def test_batch_and_pair_counts_come_from_param_str(pair_net, coded_lmdb):
 
 
 def test_a_misspelt_parameter_is_refused(pair_net, coded_lmdb):
-    with pytest.raises(Exception, match=r"unknown keys \['batch_pair'\]"):
+    with pytest.raises(Exception, match=r"unknown param_str keys \['batch_pair'\]"):
         pair_net(source=str(coded_lmdb), batch_pair=8)
 
 
