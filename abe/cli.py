@@ -6,6 +6,7 @@ themselves stay in tools/ (parse arguments, call the library); only the conventi
 """
 import argparse
 import errno
+import math
 import sys
 
 from abe.errors import EnvironmentFailure, UserError
@@ -20,6 +21,25 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def number(kind, above=None, at_least=None):
+    """argparse ``type``: a finite ``kind`` (int or float) > ``above`` / >= ``at_least``, so that
+    0, a negative count, nan or inf never silently reach a default or a config file."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{'an integer' if kind is int else 'a number'} is needed, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"a finite number is needed, got {text!r}")
+        if above is not None and not value > above:
+            raise argparse.ArgumentTypeError(f"must be greater than {above}, got {text}")
+        if at_least is not None and not value >= at_least:
+            raise argparse.ArgumentTypeError(f"must be at least {at_least}, got {text}")
+        return value
+    return parse
 
 
 def os_error_line(error):

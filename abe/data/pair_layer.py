@@ -219,10 +219,7 @@ class PairDataLayer(caffe.Layer):
         self.source, self.crop = str(params["source"]), int(params["crop"])
         self.pairs, self.mirror = int(params["batch_pairs"]), bool(params["mirror"])
         self.mean = np.asarray(params["mean"], np.float32).reshape(3, 1, 1)
-        self.keys, labels, self.image_size = _scan(self.source)
-        if self.crop > self.image_size:
-            raise ValueError(f"crop {self.crop} is larger than the {self.image_size}-pixel images "
-                             f"of {self.source}")
+        self.keys, labels, self.image_size = scan_source(self.source, self.crop)
         self.rng = np.random.default_rng([int(params["seed"]), caffe.solver_rank()])
         self.sampler = PairSampler(labels, self.pairs, int(params["positive_pairs"]), self.rng)
         self.sim = (np.arange(self.pairs) < int(params["positive_pairs"])).astype(np.float32)
@@ -292,6 +289,14 @@ def close_data_layers(net):
     for layer in net.layers:
         if isinstance(layer, PairDataLayer):
             layer.close()
+
+
+def scan_source(source, crop):
+    """Keys, labels and square image side of a training LMDB whose images hold ``crop``."""
+    keys, labels, size = _scan(source)
+    if crop > size:
+        raise ValueError(f"crop {crop} is larger than the {size}-pixel images of {source}")
+    return keys, labels, size
 
 
 def _scan(source):

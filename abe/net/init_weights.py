@@ -81,21 +81,27 @@ def weights_only(net_param):
     return net
 
 
-def initialize(net_path, pretrained_path, out_path):
-    """Writes ``out_path`` (.caffemodel) for the net in ``net_path``; returns [LayerInit]."""
+def weights_net(net_path, scratch_dir):
+    """(caffe.Net, NetParameter) of the net in ``net_path`` built by ``weights_only``: its
+    learnable blobs at their shapes, without the training LMDB."""
     import caffe
 
-    pretrained = read_pretrained(pretrained_path)
     net_param = check_prototxt(net_path)
-    fillers = {layer.name: layer_filler(layer) for layer in net_param.layer}
-    out_dir = os.path.dirname(os.path.abspath(out_path))
-    fd, tmp = tempfile.mkstemp(suffix=".prototxt", dir=out_dir)
+    fd, tmp = tempfile.mkstemp(suffix=".prototxt", dir=scratch_dir)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text_format.MessageToString(weights_only(net_param)))
-        net = caffe.Net(tmp, caffe.TRAIN)
+        return caffe.Net(tmp, caffe.TRAIN), net_param
     finally:
         os.unlink(tmp)
+
+
+def initialize(net_path, pretrained_path, out_path):
+    """Writes ``out_path`` (.caffemodel) for the net in ``net_path``; returns [LayerInit]."""
+    pretrained = read_pretrained(pretrained_path)
+    out_dir = os.path.dirname(os.path.abspath(out_path))
+    net, net_param = weights_net(net_path, out_dir)
+    fillers = {layer.name: layer_filler(layer) for layer in net_param.layer}
     report = []
     for name, blobs in net.params.items():
         source = source_layer(name, pretrained)

@@ -1,9 +1,10 @@
 """Training ABE-M with Caffe's SGDSolver driven from Python (ABE_SPEC section 3).
 
-One run lives in one folder::
+One run lives in one folder (``abe.train.run_folder``: relocatable, never overwritten by a
+fresh run, snapshots checked before Caffe reads them)::
 
     RUN/train.prototxt deploy.prototxt solver.prototxt config.json
-    RUN/snapshots/iter_<N>.caffemodel|.solverstate   the last snapshot only
+    RUN/snapshots/iter_<N>.caffemodel|.solverstate   the two newest snapshots
     RUN/snapshots/best.caffemodel + best.json        the best Recall@1 so far (paper practice)
     RUN/history.csv                                  iteration, loss terms, lr, Recall@K, wall time
 
@@ -11,7 +12,7 @@ The solver steps one iteration at a time so every loss term can be checked: a Na
 loss stops the run (``LossNotFinite``) before anything is written, so the last snapshot stays
 the last good one. Snapshots go to ``snapshots/.partial/`` and are renamed into place once
 complete (caffemodel first, then the solverstate that needs it), so a kill never leaves a
-corrupt file under a final name; ``resume`` picks the newest complete pair, and the pair layer
+corrupt file under a final name; ``resume`` picks the newest pair that reads, and the pair layer
 skips the batches drawn before it (``start_batch``), so the run goes on with the batches an
 uninterrupted run would have drawn.
 
@@ -33,7 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-SNAPSHOT = re.compile(r"^iter_(\d+)\.solverstate$")
+from abe.errors import UserError
+from abe.train.run_folder import RunFiles, resumable_snapshot
+
+KEEP_SNAPSHOTS = 2  # a damaged newest snapshot leaves the one before it to resume from
 NEW_LAYER = re.compile(r"(^|/)(attention_conv|embed_fc)$")  # not in GoogLeNet: xavier always
 
 
@@ -43,7 +47,8 @@ class LossNotFinite(RuntimeError):
 
 @dataclass
 class TrainSettings:
-    """What a run needs besides its prototxts; saved as ``config.json``."""
+    """What a run needs besides its prototxts; saved as ``config.json`` without ``run_dir``:
+    a run is wherever its folder is opened (paths outside the run are stored absolute)."""
     run_dir: str
     max_iter: int
     eval_every: int = 1000
@@ -57,31 +62,6 @@ class TrainSettings:
     gpus: list = field(default_factory=list)  # one process per id; empty: one CPU process
     cpu: bool = False  # with several gpus: CPU stand-in processes (no gradient reduction)
     seed: int = 0
-
-
-class RunFiles:
-    """The paths of one run folder."""
-
-    def __init__(self, run_dir):
-        self.root = Path(run_dir)
-        self.snapshots = self.root / "snapshots"
-        self.partial = self.snapshots / ".partial"
-        self.train, self.deploy = self.root / "train.prototxt", self.root / "deploy.prototxt"
-        self.solver, self.config = self.root / "solver.prototxt", self.root / "config.json"
-        self.history = self.root / "history.csv"
-        self.best_model, self.best_info = self.snapshots / "best.caffemodel", self.snapshots / "best.json"
-
-    def snapshot(self, iteration, ext):
-        return self.snapshots / f"iter_{iteration}.{ext}"
-
-    def latest_snapshot(self):
-        """(iteration, solverstate) of the newest complete snapshot, or None."""
-        found = []
-        for path in self.snapshots.glob("iter_*.solverstate"):
-            match = SNAPSHOT.match(path.name)
-            if match and self.snapshot(int(match.group(1)), "caffemodel").exists():
-                found.append((int(match.group(1)), path))
-        return max(found) if found else None
 
 
 def write_atomic(path, text):
@@ -121,13 +101,14 @@ def prepare_run(settings, config_dir=None, net_cfg=None, solver_cfg=None, train_
             shutil.copyfile(Path(config_dir) / path.name, files.root / (path.name + ".partial"))
             os.replace(files.root / (path.name + ".partial"), path)
     solver_param = read_solver(files.solver)
-    latest = files.latest_snapshot() if resume else None
+    latest = resumable_snapshot(files) if resume else None
     pair_params = {"start_batch": batches_drawn(solver_param, latest[0] if latest else 0)}
     if train_source:
         pair_params["source"] = str(train_source)
     set_pair_params(files.train, **pair_params)
     write_solver(files, solver_param, settings)
-    write_atomic(files.config, json.dumps(asdict(settings), indent=2) + "\n")
+    saved = {k: v for k, v in asdict(settings).items() if k != "run_dir"}
+    write_atomic(files.config, json.dumps(saved, indent=2) + "\n")
     return files
 
 
@@ -150,8 +131,54 @@ def set_pair_params(train_prototxt, **params):
     write_atomic(train_prototxt, text_format.MessageToString(net))
 
 
+def pair_layer_params(net_param):
+    """The PairDataLayer parameters (defaults filled in) of a train NetParameter, or None."""
+    from abe.data.pair_layer import PAIR_DEFAULTS
+
+    for layer in net_param.layer:
+        if layer.type == "Python" and layer.python_param.layer == "PairDataLayer":
+            return dict(PAIR_DEFAULTS, **json.loads(layer.python_param.param_str or "{}"))
+    return None
+
+
+def check_data(pair_params, test_lmdbs):
+    """Refuse, as a UserError, data that would stop Caffe or the first evaluation once the run
+    folder is written: a path that is not an LMDB or holds no records, images smaller than the
+    crop, a training set without the classes that positive and negative pairs need."""
+    import lmdb
+    from google.protobuf.message import DecodeError
+
+    from abe.data.lmdb_store import datum_header, iter_records
+    from abe.data.pair_layer import PairSampler, scan_source
+
+    crop, path = int(pair_params["crop"]), pair_params.get("source")
+    try:
+        if path:
+            labels = scan_source(path, crop)[1]
+            PairSampler(labels, int(pair_params["batch_pairs"]),
+                        int(pair_params["positive_pairs"]), np.random.default_rng(0))
+        for path in test_lmdbs:
+            first = next(iter_records(path), None)
+            if first is None:
+                raise ValueError("it holds no records")
+            _, height, width = datum_header(first[1])
+            if crop > min(height, width):
+                raise ValueError(f"crop {crop} is larger than its {height}x{width} images")
+    except (ValueError, OSError, lmdb.Error, DecodeError) as error:
+        named = str(path) in str(error)  # most messages name the LMDB already
+        raise UserError(str(error) if named else f"{path}: {error}") from None
+
+
 def load_settings(run_dir):
-    return TrainSettings(**json.loads(RunFiles(run_dir).config.read_text()))
+    """The settings of the run in ``run_dir``, found there (a ``run_dir`` that an older
+    config.json names is ignored: it may be the folder this one was copied from)."""
+    config = RunFiles(run_dir).config
+    try:
+        saved = json.loads(config.read_text())
+        saved.pop("run_dir", None)
+        return TrainSettings(run_dir=str(run_dir), **saved)
+    except (ValueError, TypeError, AttributeError) as error:
+        raise UserError(f"{config} is not a run configuration ({error})") from None
 
 
 def learning_rate(param, iteration):
@@ -225,7 +252,7 @@ class Trainer:
         set_up_device(caffe, settings, rank)
         self.solver = caffe.SGDSolver(str(self.files.solver))
         self.param = read_solver(self.files.solver)
-        latest = self.files.latest_snapshot() if resume else None
+        latest = resumable_snapshot(self.files) if resume else None
         if latest:
             restore(caffe, self.solver, latest[1], self.files.snapshot(latest[0], "caffemodel"),
                     self.files.partial)
@@ -287,14 +314,18 @@ class Trainer:
         return evaluation.evaluate(features, self.settings.ks)
 
     def snapshot(self):
-        """Write iter_N.caffemodel/.solverstate via the .partial folder; drop older ones."""
+        """Write iter_N.caffemodel/.solverstate via the .partial folder; keep it and the newest
+        complete one before it, drop older ones (newer ones, left by a damaged or abandoned
+        continuation, stay until this run overwrites them)."""
         iteration = self.iteration
         self.solver.snapshot()
         made = self.files.partial / f"snap_iter_{iteration}"
         os.replace(f"{made}.caffemodel", self.files.snapshot(iteration, "caffemodel"))
         os.replace(f"{made}.solverstate", self.files.snapshot(iteration, "solverstate"))
+        kept = [i for i in self.files.snapshot_iterations() if i <= iteration][:KEEP_SNAPSHOTS]
         for old in self.files.snapshots.glob("iter_*.*"):
-            if not old.name.startswith(f"iter_{iteration}."):
+            number = old.name[len("iter_"):].split(".")[0]
+            if number.isdigit() and int(number) < min(kept):
                 old.unlink()
 
     def keep_if_best(self, recall):
