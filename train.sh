@@ -8,8 +8,9 @@
 #    DATA/<dataset>/ (CUB: the folder holding images.txt; CARS: cars_annos.mat; SOP:
 #    Ebay_train.txt; In-shop: Eval/list_eval_partition.txt; digits: written offline);
 #    DATA = $ABE_DATA, else /data when it exists, else ./data
-# 2. fetches and checks weights/bvlc_googlenet.caffemodel if missing (offline: a warning, and
-#    training from scratch)
+# 2. fetches and checks weights/bvlc_googlenet.caffemodel if missing, for the paper's datasets
+#    (cub, cars, sop, inshop): if no mirror serves it, one line says how to get it and nothing
+#    trains (--from-scratch trains without it, deliberately); digits train from scratch
 # 3. generates the network and trains (tools/train.py; every option not listed here is passed
 #    to it: --M, --embed-dim, --lambda-div, --max-iter, --eval-every, --gpus, --base-lr, ...)
 # 4. evaluates the best-Recall@1 snapshot and writes runs/<name>/: config.json, the prototxts,
@@ -19,6 +20,8 @@
 # Own options: --dataset NAME (required), --name RUN (default <dataset>-<date>), --raw DIR,
 # --lmdb-dir DIR, --size N (LMDB image side, default 256), --resume (continue runs/<name>;
 # needs --name), --from-scratch (no fetch, no pretrained weights; also passed to train.py).
+# An existing runs/<name> is never overwritten: --resume continues it, --start-over (passed to
+# train.py) moves it to runs/<name>.previous-N first.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$repo"
@@ -26,11 +29,13 @@ PY=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)
 export GLOG_minloglevel=${GLOG_minloglevel:-2}
 
 die() { echo "train.sh: error: $*" >&2; exit 2; }
+fail() { echo "train.sh: error: $*" >&2; exit 1; }  # the environment, not the command
 
 # In the image train.sh is the entry point, so `docker run IMAGE train.sh --dataset ...` arrives
 # here with its own name first.
 [ "${1:-}" = train.sh ] && shift
-dataset="" name="" raw="" lmdb_dir="" size=256 resume=0 scratch=0 passthrough=()
+dataset="" name="" raw="" lmdb_dir="" size=256 resume=0 scratch=0 start_over=0 own_weights=0
+passthrough=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --dataset) [ $# -ge 2 ] || die "--dataset needs a value"; dataset=$2; shift 2 ;;
@@ -39,7 +44,9 @@ while [ $# -gt 0 ]; do
     --lmdb-dir) [ $# -ge 2 ] || die "--lmdb-dir needs a value"; lmdb_dir=$2; shift 2 ;;
     --size) [ $# -ge 2 ] || die "--size needs a value"; size=$2; shift 2 ;;
     --resume) resume=1; shift ;;
-    --from-scratch) scratch=1; passthrough+=("$1"); shift ;;
+    --from-scratch) scratch=1; shift ;;
+    --start-over) start_over=1; passthrough+=("$1"); shift ;;
+    --init-weights) own_weights=1; passthrough+=("$1"); shift ;;
     -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) passthrough+=("$1"); shift ;;
   esac
@@ -55,11 +62,36 @@ else data=$repo/data
 fi
 raw=${raw:-$data/$dataset}
 lmdb_dir=${lmdb_dir:-$data/lmdb/$dataset}
+[[ "$size" =~ ^[1-9][0-9]*$ ]] || die "--size must be a positive integer, got '$size'"
 [ "$resume" = 0 ] || [ -n "$name" ] || die "--resume needs --name of the run to continue"
+case "$name" in
+  */*|.|..) die "--name must be a plain folder name under runs/, got '$name'" ;;
+esac
 name=${name:-$dataset-$(date +%Y%m%d-%H%M%S)}
 run=runs/$name
+# Checked before anything is prepared or fetched; the marks are abe.train.run_folder's.
+if [ "$resume" = 0 ] && [ "$start_over" = 0 ] \
+    && { [ -e "$run/config.json" ] || [ -e "$run/history.csv" ] || [ -e "$run/snapshots" ]; }; then
+  die "$run already holds a run: continue it with --resume, or pass --start-over to move it" \
+      "to $run.previous-N and start a new run there"
+fi
+[ "$scratch" = 0 ] || [ "$resume" = 0 ] || die "--from-scratch cannot change a run being resumed"
+[ "$scratch" = 0 ] || passthrough+=(--from-scratch)
 
-# 1. LMDBs
+# 1. pretrained weights (before the LMDBs, which can take hours)
+weights=weights/bvlc_googlenet.caffemodel
+if [ "$dataset" != digits ] && [ ! -f "$weights" ] && [ "$scratch" = 0 ] && [ "$resume" = 0 ] \
+    && [ "$own_weights" = 0 ]; then
+  echo "train.sh: fetching the ImageNet GoogLeNet weights into $weights"
+  if fetched=$("$PY" weights/fetch_googlenet.py --out "$weights" 2>&1 >/dev/null); then
+    echo "train.sh: weights ${fetched##*fetch_googlenet: }"
+  else
+    fail "no ImageNet weights for a $dataset run (${fetched##*fetch_googlenet: error: }); pass" \
+         "--from-scratch to train without them deliberately (far below the paper's results)"
+  fi
+fi
+
+# 2. LMDBs
 if [ "$dataset" = inshop ]; then test_splits=(query gallery); else test_splits=(test); fi
 missing=0
 for split in train "${test_splits[@]}"; do
@@ -74,14 +106,6 @@ if [ "$dataset" = inshop ]; then
   test_args=(--query-lmdb "$lmdb_dir/query_lmdb" --gallery-lmdb "$lmdb_dir/gallery_lmdb")
 else
   test_args=(--test-lmdb "$lmdb_dir/test_lmdb")
-fi
-
-# 2. pretrained weights
-weights=weights/bvlc_googlenet.caffemodel
-if [ ! -f "$weights" ] && [ "$scratch" = 0 ] && [ "$resume" = 0 ]; then
-  "$PY" weights/fetch_googlenet.py --out "$weights" \
-    || echo "train.sh: WARNING: could not fetch $weights; training FROM SCRATCH (results" \
-            "will be far below the paper's, which start from ImageNet weights)" >&2
 fi
 
 # 3. train

@@ -67,3 +67,32 @@ def test_existing_verified_file_is_kept(tmp_path):
     out.write_bytes(PAYLOAD)
     run = fetch("--out", str(out), "--url", "http://127.0.0.1:9/x", "--sha1", hashlib.sha1(PAYLOAD).hexdigest())
     assert run.returncode == 0 and out.read_bytes() == PAYLOAD
+
+
+def test_mirrors_tried_in_turn_and_the_serving_one_named(server, tmp_path):
+    """A dead server, then one serving other bytes, then the right copy: the third serves it."""
+    wrong = server.replace("model.caffemodel", "other.caffemodel")
+    (tmp_path / "served" / "other.caffemodel").write_bytes(b"not the model")
+    out = tmp_path / "w" / "bvlc_googlenet.caffemodel"
+    run = fetch("--out", str(out), "--url", "http://127.0.0.1:9/x.caffemodel", "--url", wrong,
+                "--url", server, "--sha1", hashlib.sha1(PAYLOAD).hexdigest())
+    assert run.returncode == 0, run.stderr
+    assert out.read_bytes() == PAYLOAD
+    assert messages(run) == [f"fetch_googlenet: served by {server}, sha1 verified"]
+    assert sorted(p.name for p in out.parent.iterdir()) == [out.name]
+
+
+def test_every_known_mirror_is_tried_before_giving_up(tmp_path):
+    """Offline (the mirrors pointed at a closed local port): one line naming each one tried."""
+    from abe.net import pretrained
+
+    out = tmp_path / "bvlc_googlenet.caffemodel"
+    dead = [f"http://127.0.0.1:9/{i}/bvlc_googlenet.caffemodel"
+            for i in range(len(pretrained.GOOGLENET_MIRRORS))]
+    with pytest.raises(pretrained.FetchError) as failure:
+        pretrained.fetch(out, urls=dead, timeout=5)
+    assert all(url in str(failure.value) for url in dead)
+    assert "\n" not in str(failure.value)
+    assert list(tmp_path.iterdir()) == []
+    assert len(pretrained.GOOGLENET_MIRRORS) >= 2
+    assert pretrained.GOOGLENET_MIRRORS[0].startswith("http://dl.caffe.berkeleyvision.org/")
