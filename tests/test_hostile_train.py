@@ -33,6 +33,8 @@ class Case:
     prepare: object = None
     env: dict = field(default_factory=dict)
     touches_weights: bool = False  # may try to fetch into the repo's weights/
+    check: object = None  # status 0: check(proc, base, before) of a run that goes on
+    watch_original: bool = False  # also checksum the trained run the case's copy came from
 
 
 def truncate(path, keep=0.5):
@@ -217,6 +219,8 @@ def place(world, case_id, case):
 def run_case(world, case_id, case):
     base, args, env, repo_runs = place(world, case_id, case)
     watched = {"case": base}
+    if case.watch_original:
+        watched["trained"] = world["trained"]
     if case.touches_weights:  # others would see its temporary download come and go
         watched["weights"] = WEIGHTS
     watched.update({str(p): p for p in repo_runs if p.exists()})
@@ -231,11 +235,64 @@ def run_case(world, case_id, case):
     return proc, before, after, made
 
 
+def history_iterations(run):
+    import csv
+
+    with open(run / "history.csv", newline="") as f:
+        return [int(row["iteration"]) for row in csv.DictReader(f)]
+
+
+def snapshot_names(run):
+    return sorted(p.name for p in (run / "snapshots").glob("iter_*"))
+
+
+def under(digest, folder):
+    return {k[len(folder) + 1:]: v for k, v in digest.items() if k.startswith(folder + "/")}
+
+
+def copy_resumed(proc, base, before):
+    """cp -a runs/a runs/b; resume runs/b: a is untouched (watched), b goes on from its snapshot."""
+    copy = base / "copy"
+    assert history_iterations(copy) == [0, 2, 4, 6]
+    assert snapshot_names(copy) == ["iter_4.caffemodel", "iter_4.solverstate",
+                                    "iter_6.caffemodel", "iter_6.solverstate"]
+    assert "run_dir" not in (copy / "config.json").read_text()
+    assert "trained" not in (copy / "solver.prototxt").read_text()
+
+
+def resumed_from_the_older(proc, base, before):
+    told = [line for line in proc.stderr.splitlines() if "damaged" in line]
+    assert len(told) == 1 and "iteration 4" in told[0] and "resuming from iteration 2" in told[0]
+    run = base / "copy"
+    assert history_iterations(run) == [0, 2, 4, 6]  # 4 redone from 2, the rows after 2 replaced
+    assert snapshot_names(run) == ["iter_4.caffemodel", "iter_4.solverstate",
+                                   "iter_6.caffemodel", "iter_6.solverstate"]
+
+
+def moved_aside(proc, base, before):
+    assert tree_digest(base / "copy.previous-1") == under(before["case"], "copy")
+    assert history_iterations(base / "copy") == [0, 2]
+    assert any(f"moved the previous run to {base / 'copy.previous-1'}" in line
+               for line in proc.stderr.splitlines())
+
+
+GOES_ON = {
+    "resume-a-copy": Case(RESUME + ["--max-iter", "6"], 0, check=copy_resumed,
+                          watch_original=True),
+    "resume-damaged-newest": Case(RESUME + ["--max-iter", "6"], 0, prepare=damage_newest,
+                                  check=resumed_from_the_older),
+    "start-over": Case(FRESH[:2] + ["{copy}", "--start-over"] + FRESH[3:], 0, check=moved_aside),
+}
+
+
 @pytest.fixture(scope="module")
 def outcomes(world):
+    """Every case at once (the machine's cores share the Caffe start-ups and the training)."""
+    cases = {**CASES, **GOES_ON}
     with ThreadPoolExecutor(max_workers=4) as pool:
         futures = {case_id: pool.submit(run_case, world, case_id, case)
-                   for case_id, case in CASES.items()}
+                   for case_id, case in sorted(cases.items(), key=lambda c: c[1].status == 0,
+                                               reverse=True)}  # the long ones first
         return {case_id: future.result() for case_id, future in futures.items()}
 
 
@@ -248,52 +305,10 @@ def test_refused_in_one_line_and_nothing_lost(outcomes, case_id):
     assert not made, f"{made} written under runs/"
 
 
-def history_iterations(run):
-    import csv
-
-    with open(run / "history.csv", newline="") as f:
-        return [int(row["iteration"]) for row in csv.DictReader(f)]
-
-
-def snapshot_names(run):
-    return sorted(p.name for p in (run / "snapshots").glob("iter_*"))
-
-
-def test_resuming_a_copy_continues_the_copy(world, tmp_path):
-    """cp -a runs/a runs/b; resume runs/b: a is untouched, b goes on from its snapshot."""
-    original = copy_run(world["trained"], tmp_path / "a")
-    before = tree_digest(original)
-    copy = copy_run(original, tmp_path / "b")
-    done = run_entry(["tools/train.py", "--run-dir", copy, "--resume", "--max-iter", "6"])
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert tree_digest(original) == before
-    assert history_iterations(copy) == [0, 2, 4, 6]
-    assert snapshot_names(copy) == ["iter_4.caffemodel", "iter_4.solverstate",
-                                    "iter_6.caffemodel", "iter_6.solverstate"]
-    assert "run_dir" not in (copy / "config.json").read_text()
-    assert str(original) not in (copy / "solver.prototxt").read_text()
-
-
-def test_damaged_newest_snapshot_resumes_from_the_one_before(world, tmp_path):
-    run = copy_run(world["trained"], tmp_path / "run")
-    damage_newest(run)
-    done = run_entry(["tools/train.py", "--run-dir", run, "--resume", "--max-iter", "6"])
-    assert done.returncode == 0, done.stderr[-3000:]
-    told = [line for line in done.stderr.splitlines() if "damaged" in line]
-    assert len(told) == 1 and "iteration 4" in told[0] and "resuming from iteration 2" in told[0]
-    assert not any(word in done.stderr for word in ("Traceback", "Check failure"))
-    assert history_iterations(run) == [0, 2, 4, 6]  # 4 redone from 2, the rows after 2 replaced
-    assert snapshot_names(run) == ["iter_4.caffemodel", "iter_4.solverstate",
-                                   "iter_6.caffemodel", "iter_6.solverstate"]
-
-
-def test_start_over_moves_the_old_run_aside(world, tmp_path):
-    run = copy_run(world["trained"], tmp_path / "run")
-    before = tree_digest(run)
-    done = run_entry(FRESH[:2] + [run, "--start-over"] + [
-        str(a).format(**world) for a in FRESH[3:]])
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert tree_digest(tmp_path / "run.previous-1") == before
-    assert history_iterations(run) == [0, 2]
-    assert any(f"moved the previous run to {tmp_path / 'run.previous-1'}" in line
-               for line in done.stderr.splitlines())
+@pytest.mark.parametrize("case_id", sorted(GOES_ON))
+def test_goes_on_without_losing_anything(outcomes, world, case_id):
+    proc, before, after, made = outcomes[case_id]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not any(word in proc.stderr for word in ("Traceback", "Check failure"))
+    assert after.get("trained") == before.get("trained")  # the run the copy came from
+    GOES_ON[case_id].check(proc, world["root"] / "cases" / case_id, before)
