@@ -34,7 +34,7 @@ os.environ.setdefault("GLOG_minloglevel", "2")
 from abe import cli  # noqa: E402
 from abe.errors import UserError  # noqa: E402
 from abe.eval import evaluation  # noqa: E402
-from abe.net import netgen  # noqa: E402
+from abe.net import checks, netgen  # noqa: E402
 from abe.train import devices, run_folder, training  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -184,22 +184,7 @@ def check_before_writing(settings, net_param, train_source=None):
             pair_params["source"] = str(train_source)
         training.check_data(pair_params, settings.test_lmdbs)
     if settings.init_weights:
-        from abe.net.init_weights import InitError, read_pretrained
-
-        try:
-            read_pretrained(settings.init_weights)
-        except InitError as error:
-            raise UserError(str(error)) from None
-
-
-def read_net(path):
-    from caffe.proto import caffe_pb2
-    from google.protobuf import text_format
-
-    try:
-        return text_format.Parse(Path(path).read_text(), caffe_pb2.NetParameter())
-    except text_format.ParseError as error:
-        raise UserError(f"{path} is not a net prototxt ({error})") from None
+        checks.read_caffemodel(settings.init_weights)  # not a caffemodel: a UserError
 
 
 def say(line):
@@ -220,7 +205,7 @@ def resume(args, files):
         settings.max_iter = args.max_iter
     if args.gpus or args.cpu:
         settings.gpus, settings.cpu = args.gpus, args.cpu
-    check_before_writing(settings, read_net(files.train))
+    check_before_writing(settings, checks.check_prototxt(files.train))
     training.prepare_run(settings, config_dir=args.run_dir, resume=True)
     return settings
 
@@ -231,7 +216,8 @@ def start(args, p, files):
         run_folder.refuse_fresh_run(files)
     settings, net_cfg, solver_cfg = new_run_settings(args, p)
     config = absolute(args.config)
-    net_param = netgen.train_net(net_cfg) if net_cfg else read_net(config / "train.prototxt")
+    net_param = (netgen.train_net(net_cfg) if net_cfg
+                 else checks.check_prototxt(config / "train.prototxt"))
     check_before_writing(settings, net_param, absolute(args.train_lmdb) if config else None)
     if args.start_over and files.run_marks():
         moved = run_folder.move_aside(files)

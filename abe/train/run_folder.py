@@ -78,22 +78,21 @@ def stamp(path):
     return str(path), info.st_mtime_ns, info.st_size
 
 
-@functools.lru_cache(maxsize=4)
-def learnable_shapes(train_stamp, scratch_dir):
-    """({layer: [blob shapes]}, [shapes of the distinct learnable blobs in Caffe's order]) of
-    the train net whose ``stamp`` is given, built without its training LMDB."""
+@functools.lru_cache(maxsize=2)
+def weights_of(train_stamp, scratch_dir):
+    """(caffe.Net holding the learnable blobs of the train net whose ``stamp`` is given, built
+    without its training LMDB; the shapes of its distinct blobs in Caffe's order)."""
     from abe.net.init_weights import weights_net
 
     net, _ = weights_net(train_stamp[0], scratch_dir)
-    layers, distinct, seen = {}, [], set()
-    for name, blobs in net.params.items():
-        layers[name] = [tuple(b.data.shape) for b in blobs]
+    distinct, seen = [], set()
+    for blobs in net.params.values():
         for blob in blobs:  # a blob shared by name appears under each layer using it
             address = blob.data.__array_interface__["data"][0]
             if address not in seen:
                 seen.add(address)
                 distinct.append(tuple(blob.data.shape))
-    return layers, distinct
+    return net, distinct
 
 
 @functools.lru_cache(maxsize=16)
@@ -101,27 +100,23 @@ def snapshot_problem(caffemodel_stamp, solverstate_stamp, iteration, train_stamp
     """Why a snapshot cannot be resumed from (one phrase), or None when it reads."""
     from caffe.proto import caffe_pb2
 
-    from abe.net.init_weights import InitError, blob_shape, read_pretrained, same_shape
+    from abe.net.checks import blob_shape, check_weights, same_shape
 
-    layers, distinct = learnable_shapes(train_stamp, scratch_dir)
-    caffemodel, solverstate = Path(caffemodel_stamp[0]), Path(solverstate_stamp[0])
+    net, distinct = weights_of(train_stamp, scratch_dir)
+    solverstate = Path(solverstate_stamp[0])
     try:
-        weights = read_pretrained(caffemodel)
-    except InitError:
-        return f"{caffemodel.name} is empty, truncated or not a caffemodel"
-    for name, shapes in layers.items():
-        got = [shape for shape, _ in weights.get(name, [])]
-        if len(got) != len(shapes) or not all(map(same_shape, got, shapes)):
-            return f"{caffemodel.name} lacks layer {name} or holds it at other shapes"
+        check_weights(net, caffemodel_stamp[0], train_stamp[0])
+    except UserError as error:
+        return str(error)
     state = caffe_pb2.SolverState()
     try:
         state.ParseFromString(solverstate.read_bytes())
     except Exception:  # DecodeError or RuntimeError, depending on the protobuf backend
-        return f"{solverstate.name} is truncated or not a solver state"
+        return f"{solverstate} is truncated or not a solver state"
     history = [blob_shape(b) for b in state.history]
     if state.iter != iteration or len(history) != len(distinct) \
             or not all(map(same_shape, history, distinct)):
-        return f"{solverstate.name} is incomplete or belongs to another iteration or net"
+        return f"{solverstate} is incomplete or belongs to another iteration or net"
     return None
 
 

@@ -133,11 +133,11 @@ def set_pair_params(train_prototxt, **params):
 
 def pair_layer_params(net_param):
     """The PairDataLayer parameters (defaults filled in) of a train NetParameter, or None."""
-    from abe.data.pair_layer import PAIR_DEFAULTS
+    from abe.data.pair_layer import PairDataLayer
 
     for layer in net_param.layer:
         if layer.type == "Python" and layer.python_param.layer == "PairDataLayer":
-            return dict(PAIR_DEFAULTS, **json.loads(layer.python_param.param_str or "{}"))
+            return PairDataLayer.parse_param_str(layer.python_param.param_str)
     return None
 
 
