@@ -18,7 +18,8 @@ import pytest
 
 from hostile import REPO, assert_one_line_error, run_entry, tree_digest
 
-TINY = ["--M", "2", "--embed-dim", "16", "--crop", "32", "--batch", "16", "--eval-batch", "64"]
+TINY = ["--M", "2", "--embed-dim", "16", "--crop", "32", "--batch", "16", "--eval-batch", "64",
+        "--att-depth", "1"]
 WEIGHTS = REPO / "weights"
 NO_WEIGHTS = not (WEIGHTS / "bvlc_googlenet.caffemodel").exists()
 
