@@ -6,7 +6,6 @@ are still there, unchanged, with nothing new left under a final name.
 The cases run concurrently (each in its own folder, from one tiny trained run), so the suite
 costs about as much as its slowest case."""
 import functools
-import hashlib
 import http.server
 import os
 import shutil
