@@ -18,7 +18,8 @@
 #    attention.png
 #
 # Own options: --dataset NAME (required), --name RUN (default <dataset>-<date>), --raw DIR,
-# --lmdb-dir DIR, --size N (LMDB image side, default 256), --resume (continue runs/<name>;
+# --lmdb-dir DIR, --size N (LMDB image side, default 256), --bbox (CUB/CARS cropped to their
+# bounding boxes, LMDBs in DATA/lmdb/<dataset>_bbox/), --resume (continue runs/<name>;
 # needs --name), --from-scratch (no fetch, no pretrained weights; also passed to train.py).
 # An existing runs/<name> is never overwritten: --resume continues it, --start-over (passed to
 # train.py) moves it to runs/<name>.previous-N first.
@@ -34,7 +35,7 @@ fail() { echo "train.sh: error: $*" >&2; exit 1; }  # the environment, not the c
 # In the image train.sh is the entry point, so `docker run IMAGE train.sh --dataset ...` arrives
 # here with its own name first.
 [ "${1:-}" = train.sh ] && shift
-dataset="" name="" raw="" lmdb_dir="" size=256 resume=0 scratch=0 start_over=0 own_weights=0
+dataset="" name="" raw="" lmdb_dir="" size=256 bbox=() resume=0 scratch=0 start_over=0 own_weights=0
 passthrough=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -43,6 +44,7 @@ while [ $# -gt 0 ]; do
     --raw) [ $# -ge 2 ] || die "--raw needs a value"; raw=$2; shift 2 ;;
     --lmdb-dir) [ $# -ge 2 ] || die "--lmdb-dir needs a value"; lmdb_dir=$2; shift 2 ;;
     --size) [ $# -ge 2 ] || die "--size needs a value"; size=$2; shift 2 ;;
+    --bbox) bbox=(--bbox); shift ;;
     --resume) resume=1; shift ;;
     --from-scratch) scratch=1; shift ;;
     --start-over) start_over=1; passthrough+=("$1"); shift ;;
@@ -61,7 +63,7 @@ elif [ -d /data ]; then data=/data
 else data=$repo/data
 fi
 raw=${raw:-$data/$dataset}
-lmdb_dir=${lmdb_dir:-$data/lmdb/$dataset}
+lmdb_dir=${lmdb_dir:-$data/lmdb/$dataset${bbox:+_bbox}}
 [[ "$size" =~ ^[1-9][0-9]*$ ]] || die "--size must be a positive integer, got '$size'"
 [ "$resume" = 0 ] || [ -n "$name" ] || die "--resume needs --name of the run to continue"
 case "$name" in
@@ -100,7 +102,8 @@ done
 if [ "$missing" = 1 ]; then
   [ "$dataset" = digits ] || [ -d "$raw" ] || die "no LMDBs in $lmdb_dir and no dataset in $raw"
   echo "train.sh: preparing LMDBs in $lmdb_dir from $raw" >&2
-  "$PY" data_prep/make_lmdb.py --dataset "$dataset" --root "$raw" --out "$lmdb_dir" --size "$size"
+  "$PY" data_prep/make_lmdb.py --dataset "$dataset" --root "$raw" --out "$lmdb_dir" --size "$size" \
+    "${bbox[@]}"
 fi
 if [ "$dataset" = inshop ]; then
   test_args=(--query-lmdb "$lmdb_dir/query_lmdb" --gallery-lmdb "$lmdb_dir/gallery_lmdb")

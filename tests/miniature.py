@@ -226,3 +226,18 @@ def make_inshop(root, seed=3, image_folder="Img"):
 
 
 MAKERS = {"cub": make_cub, "cars": make_cars, "sop": make_sop, "inshop": make_inshop}
+
+
+def digits_lmdbs(root, every=4, size=40):
+    """Every ``every``-th image of the bundled digits as {split: LMDB path} under ``root``
+    (train 0-4, test 5-9), the layout train.sh finds in DATA/lmdb/digits/."""
+    from abe.data import datasets
+    from abe.data.digits import export_digits
+    from abe.data.prepare import build_split
+
+    splits = datasets.load("folder", export_digits(Path(root) / "png"))
+    lmdbs = {split: Path(root) / f"{split}_lmdb" for split in splits}
+    for split, records in splits.items():
+        build_split(records[::every], lmdbs[split], name=split, size=size, workers=1,
+                    progress=False)
+    return lmdbs
