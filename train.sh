@@ -70,7 +70,8 @@ case "$name" in
   */*|.|..) die "--name must be a plain folder name under runs/, got '$name'" ;;
 esac
 name=${name:-$dataset-$(date +%Y%m%d-%H%M%S)}
-run=runs/$name
+runs=${ABE_RUNS:-$repo/runs}
+run=$runs/$name
 # Checked before anything is prepared or fetched; the marks are abe.train.run_folder's.
 if [ "$resume" = 0 ] && [ "$start_over" = 0 ] \
     && { [ -e "$run/config.json" ] || [ -e "$run/history.csv" ] || [ -e "$run/snapshots" ]; }; then

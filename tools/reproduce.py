@@ -12,15 +12,15 @@ ABE-1^64, ABE-2^128, ABE-4^256), table2 (ABE-8^512 with/without the divergence l
 (8-heads^512 with/without it), fig7a (attention depth 1-7), fig7b (branching point), fig7c
 (lambda_div), table4 (uncropped), table5 (--bbox, CUB or CARS).
 
-Each configuration and seed trains as its own train.sh run in runs/OUT/<configuration>/seed<N>/
-(OUT defaults to reproduce/<experiment>-<dataset>); every option not listed here is passed to
+Each configuration and seed trains as its own train.sh run in OUT/<configuration>-seed<N>/
+(OUT defaults to runs/reproduce/<experiment>-<dataset>); every option not listed here is passed to
 train.sh (and so to tools/train.py): --gpus, --max-iter, --batch, --crop, --base-lr, ... An
 option the experiment fixes (say --M for table2) replaces the paper's value, and the report says
 so; one it varies (--M for table1) is refused. A rerun skips finished runs and resumes
 interrupted ones; a failed run is reported and the others go on (exit 1 at the end). Stop it
 with Ctrl-C or `kill PID`; the same command continues.
 
-Writes runs/OUT/report.md, report.csv (and <experiment>.png for fig7*) and prints the report.
+Writes OUT/report.md, report.csv (and <experiment>.png for fig7*) and prints the report.
 """
 import os
 import sys
@@ -30,7 +30,6 @@ os.environ.setdefault("GLOG_minloglevel", "2")  # model stats build Caffe nets i
 from tqdm import tqdm  # noqa: E402
 
 from abe import cli  # noqa: E402
-from abe.errors import UserError  # noqa: E402
 from abe.experiments import definitions, report, runs  # noqa: E402
 
 
@@ -40,8 +39,9 @@ def parse_args(argv):
     parser.add_argument("experiment", help=", ".join(definitions.load()))
     parser.add_argument("--dataset", required=True, choices=("cub", "cars", "sop", "inshop", "digits"),
                         help="passed to train.sh")
-    parser.add_argument("--out", help="experiment folder under runs/ "
-                                      "(default reproduce/<experiment>-<dataset>)")
+    parser.add_argument("--out", help="the experiment folder; a relative one is under runs/ "
+                                      "($ABE_RUNS when set; default "
+                                      "reproduce/<experiment>-<dataset>)")
     parser.add_argument("--seeds", default="0",
                         help="comma-separated seeds; each configuration runs once per seed "
                              "(default 0)")
@@ -72,9 +72,10 @@ def main(argv=None):
     print("written: " + ", ".join(str(p) for p in written))
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
-        raise UserError(f"{len(failed)} of {len(outcomes)} runs failed (first: "
-                        f"{failed[0].configuration.key} seed {failed[0].seed}, {failed[0].error}); "
-                        f"the others are in the report")
+        print(f"reproduce: error: {len(failed)} of {len(outcomes)} runs failed (first: "
+              f"{failed[0].configuration.key} seed {failed[0].seed}, {failed[0].error}); the "
+              f"others are in the report", file=sys.stderr)
+        return 1
     return 0
 
 

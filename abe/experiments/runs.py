@@ -1,15 +1,17 @@
 """Running an experiment: one train.sh run folder per configuration and seed, under one
 experiment folder, each run in its own process so every train.sh option reaches it.
 
-    runs/<out>/experiment.json                 what the folder's runs were made with
-    runs/<out>/<configuration>/seed<N>/        a train.sh run folder (+ result.json when done)
-    runs/<out>/logs/<configuration>-seed<N>.log   each run's output
+    OUT/experiment.json                       what the folder's runs were made with
+    OUT/<configuration>-seed<N>/              a train.sh run (ABE_RUNS=OUT, --name ...-seed<N>),
+                                              + result.json when done
+    OUT/logs/<configuration>-seed<N>.log      each run's output
 
 A run is *finished* when its ``result.json`` exists (written, atomically, only after train.sh
 exited 0: it has evaluated the best snapshot into recall.json); it is skipped. A run folder
 with a ``config.json`` but no result is continued with ``--resume`` (train.py takes its newest
-readable snapshot). Anything else is started fresh. A run that fails is reported and the
-others go on; nothing of a run is deleted or overwritten by the driver.
+readable snapshot), given only the options a resumed run may take. Anything else is started
+fresh. A run that fails is reported and the others go on; the driver itself never deletes or
+overwrites anything of a run.
 """
 import json
 import os
@@ -24,11 +26,13 @@ from abe.errors import UserError
 from abe.experiments import definitions
 
 REPO = Path(__file__).resolve().parents[2]
-RUNS = REPO / "runs"  # train.sh's --name is relative to it
 TRAIN_SH = REPO / "train.sh"
 RESULT = "result.json"
 # Options that say where or on what a run executes, not what it computes: a rerun may change them.
 PLACE_OPTIONS = {"--gpus", "--cpu", "--raw", "--lmdb-dir", "--eval-batch"}
+# What a resumed run is given: where the data is (train.sh's own options) and what train.py lets
+# a resumed run change; everything else is the run's own config.json.
+RESUME_OPTIONS = {"--raw", "--lmdb-dir", "--size", "--bbox", "--max-iter", "--gpus", "--cpu"}
 # train.sh options the driver sets itself.
 DRIVER_OPTIONS = {"--name": "the driver names each run folder",
                   "--resume": "the driver resumes interrupted runs itself",
@@ -54,14 +58,10 @@ class Plan:
     """What one invocation runs: the configurations x seeds of an experiment on a dataset."""
     experiment: definitions.Experiment
     dataset: str
-    out: str  # the experiment folder, relative to runs/
+    folder: Path  # the experiment folder, absolute
     seeds: list
     configurations: list
     options: list  # pass-through tokens, verbatim
-
-    @property
-    def folder(self):
-        return RUNS / self.out
 
     def overridden(self):
         """Experiment flags the user's options replace (e.g. a smaller --M for a miniature)."""
@@ -71,19 +71,27 @@ class Plan:
     def runs(self):
         return [(c, seed) for c in self.configurations for seed in self.seeds]
 
+    @staticmethod
+    def run_name(configuration, seed):
+        return f"{configuration.key}-seed{seed}"
+
     def run_dir(self, configuration, seed):
-        return self.folder / configuration.key / f"seed{seed}"
+        return self.folder / self.run_name(configuration, seed)
 
     def log_path(self, configuration, seed):
         return self.folder / "logs" / f"{configuration.key}-seed{seed}.log"
 
     def command(self, configuration, seed, resume):
+        """train.sh's arguments for a run; it runs with ABE_RUNS set to the experiment folder."""
         given = group_options(self.options)
         flags = {f: v for f, v in configuration.flags.items() if f"--{f}" not in given}
-        name = str(self.run_dir(configuration, seed).relative_to(RUNS))
-        return ([str(TRAIN_SH), "--dataset", self.dataset, "--name", name] +
-                definitions.flag_tokens(flags) + list(self.options) + ["--seed", str(seed)] +
-                (["--resume"] if resume else []))
+        head = [str(TRAIN_SH), "--dataset", self.dataset, "--name",
+                self.run_name(configuration, seed)]
+        tokens = definitions.flag_tokens(flags) + list(self.options)
+        if resume:
+            kept = {k: v for k, v in group_options(tokens).items() if k in RESUME_OPTIONS}
+            return head + ["--resume"] + [t for k, v in kept.items() for t in [k, *v]]
+        return head + tokens + ["--seed", str(seed)]
 
 
 def make_plan(experiment, dataset, out=None, seeds=(0,), only=None, options=()):
@@ -97,13 +105,16 @@ def make_plan(experiment, dataset, out=None, seeds=(0,), only=None, options=()):
     if varied:
         raise UserError(f"{experiment} varies --{varied[0]} across its configurations, so it "
                         f"cannot be set (pick configurations with --only)")
-    out = out or f"reproduce/{experiment}-{dataset}"
-    if Path(out).is_absolute() or ".." in Path(out).parts:
-        raise UserError(f"--out {out!r} must be a folder name under runs/ (no '..')")
-    if len(set(seeds)) != len(seeds):
-        raise UserError("--seeds repeats a seed")
-    return Plan(experiment=chosen, dataset=dataset, out=out, seeds=list(seeds),
+    if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise UserError("--seeds must be distinct non-negative integers")
+    folder = runs_root() / (out or f"reproduce/{experiment}-{dataset}")
+    return Plan(experiment=chosen, dataset=dataset, folder=folder.resolve(), seeds=list(seeds),
                 configurations=chosen.select(only), options=list(options))
+
+
+def runs_root():
+    """Where runs go, as train.sh sees it: $ABE_RUNS, else the repository's runs/."""
+    return Path(os.environ.get("ABE_RUNS") or REPO / "runs").resolve()
 
 
 def settings_record(plan):
@@ -112,8 +123,9 @@ def settings_record(plan):
     return {"experiment": plan.experiment.name, "dataset": plan.dataset, "options": options}
 
 
-def claim_folder(plan):
-    """Create the experiment folder, or check that its runs were made with these options."""
+def claim_folder(plan, create=True):
+    """Check that the experiment folder's runs were made with these options; with ``create``,
+    make the folder and its record if it has none."""
     record, path = settings_record(plan), plan.folder / "experiment.json"
     if path.exists():
         made = json.loads(path.read_text())
@@ -121,9 +133,9 @@ def claim_folder(plan):
             raise UserError(f"{plan.folder} holds runs made with other settings "
                             f"({json.dumps(made['options'])} on {made['dataset']}); rerun with "
                             f"those, or give another --out")
-        return
-    plan.folder.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(record, indent=2) + "\n")
+    elif create:
+        plan.folder.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps(record, indent=2) + "\n")
 
 
 def write_atomic(path, text):
@@ -148,11 +160,11 @@ def last_line(log_path):
     return lines[-1] if lines else ""
 
 
-def execute(command, log_path):
+def execute(command, log_path, runs_folder):
     """Run ``command`` with its output appended to ``log_path``; its exit status. Ctrl-C or
     SIGTERM to the driver interrupts the run (its own process group) and then the driver."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHON=sys.executable)
+    env = dict(os.environ, PYTHON=sys.executable, ABE_RUNS=str(runs_folder))
     with open(log_path, "a") as log:
         log.write(f"\n$ {' '.join(command)}\n")
         log.flush()
@@ -231,13 +243,15 @@ def dry_run(plan, out=print):
     """Print, for each run, what a real invocation would do and the command it would run."""
     import shlex
 
+    claim_folder(plan, create=False)
     for configuration, seed in plan.runs():
         state = run_state(plan.run_dir(configuration, seed))
         if state == "finished":
             out(f"# {configuration.key} seed {seed}: finished, skipped")
             continue
         out(f"# {configuration.key} seed {seed}: {state}")
-        out(shlex.join(plan.command(configuration, seed, resume=state == "resume")))
+        out(f"ABE_RUNS={shlex.quote(str(plan.folder))} " +
+            shlex.join(plan.command(configuration, seed, resume=state == "resume")))
 
 
 def run_all(plan, note=print):
@@ -261,7 +275,7 @@ def run_all(plan, note=print):
         note(f"{label}: {'resuming' if state == 'resume' else 'training'} "
              f"(log: {log.relative_to(REPO) if log.is_relative_to(REPO) else log})")
         started = time.perf_counter()
-        status = execute(command, log)
+        status = execute(command, log, plan.folder)
         if status != 0:
             error = f"exit {status}: {last_line(log)}"
             note(f"{label}: FAILED ({error})")
