@@ -91,6 +91,17 @@ def test_dry_run_prints_the_train_sh_commands():
     assert not (REPO / "runs" / f"pytest-dry-{os.getpid()}").exists()
 
 
+def test_a_resumed_run_is_given_only_what_a_resume_accepts():
+    plan = runs.make_plan("table5", "cars", options=[
+        "--max-iter", "9", "--gpus", "0,1", "--lmdb-dir", "L", "--base-lr", "1e-3", "--from-scratch"])
+    first = plan.configurations[0]
+    assert plan.command(first, 2, resume=True)[1:] == [
+        "--dataset", "cars", "--name", "abe2_512_bbox-seed2", "--resume", "--bbox",
+        "--gpus", "0,1", "--lmdb-dir", "L"]
+    fresh = plan.command(first, 2, resume=False)
+    assert fresh[-2:] == ["--seed", "2"] and {"--base-lr", "--from-scratch", "--bbox"} <= set(fresh)
+
+
 @pytest.mark.parametrize("args, fragments", [
     (["table1", "--M", "2"], ["table1 varies --M", "--only"]),
     (["table2", "--seed", "1"], ["--seed", "--seeds"]),

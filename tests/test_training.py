@@ -18,17 +18,9 @@ TINY_NET = ["--M", "2", "--embed-dim", "16", "--crop", "32", "--batch", "16",
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
     """Every 4th image of the bundled digits: train 0-4 (~225), test 5-9 (~225), 40x40."""
-    from abe.data import datasets
-    from abe.data.digits import export_digits
-    from abe.data.prepare import build_split
+    from miniature import digits_lmdbs
 
-    root = tmp_path_factory.mktemp("digits")
-    splits = datasets.load("folder", export_digits(root / "png"))
-    lmdbs = {}
-    for split, records in splits.items():
-        lmdbs[split] = root / f"{split}_lmdb"
-        build_split(records[::4], lmdbs[split], name=split, size=40, workers=1, progress=False)
-    return lmdbs
+    return digits_lmdbs(tmp_path_factory.mktemp("digits"))
 
 
 def run_tool(tool, *args):

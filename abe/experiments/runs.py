@@ -30,9 +30,10 @@ TRAIN_SH = REPO / "train.sh"
 RESULT = "result.json"
 # Options that say where or on what a run executes, not what it computes: a rerun may change them.
 PLACE_OPTIONS = {"--gpus", "--cpu", "--raw", "--lmdb-dir", "--eval-batch"}
-# What a resumed run is given: where the data is (train.sh's own options) and what train.py lets
-# a resumed run change; everything else is the run's own config.json.
-RESUME_OPTIONS = {"--raw", "--lmdb-dir", "--size", "--bbox", "--max-iter", "--gpus", "--cpu"}
+# What a resumed run is given: where the data is (train.sh's own options) and where it runs;
+# everything else, --max-iter included (experiment.json keeps it unchanged), is the run's own
+# config.json, so a run stopped after its last iteration resumes into just its evaluation.
+RESUME_OPTIONS = {"--raw", "--lmdb-dir", "--size", "--bbox", "--gpus", "--cpu"}
 # train.sh options the driver sets itself.
 DRIVER_OPTIONS = {"--name": "the driver names each run folder",
                   "--resume": "the driver resumes interrupted runs itself",
