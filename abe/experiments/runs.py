@@ -277,12 +277,16 @@ def run_all(plan, note=print):
              f"(log: {log.relative_to(REPO) if log.is_relative_to(REPO) else log})")
         started = time.perf_counter()
         status = execute(command, log, plan.folder)
-        if status != 0:
-            error = f"exit {status}: {last_line(log)}"
+        error = f"exit {status}: {last_line(log)}" if status != 0 else ""
+        if not error:
+            try:
+                result = collect(plan, configuration, seed, command)
+            except (UserError, OSError, ValueError, KeyError) as failure:
+                error = f"its results could not be read: {failure}"
+        if error:
             note(f"{label}: FAILED ({error})")
             outcomes.append(Outcome(configuration, seed, "failed", error=error))
             continue
-        result = collect(plan, configuration, seed, command)
         note(f"{label}: done in {time.perf_counter() - started:.0f} s, "
              f"Recall@{next(iter(result['recall']))} {100 * next(iter(result['recall'].values())):.2f}")
         outcomes.append(Outcome(configuration, seed, "resumed" if state == "resume" else "done",
