@@ -5,7 +5,7 @@ one configuration or an ``each`` row that stands for several (the values of its 
 position by position). The driver only ever sees the expanded list.
 """
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from abe.errors import UserError
@@ -31,7 +31,7 @@ class Experiment:
     paper_dataset: str  # whose printed numbers stand beside ours when ours have none
     configurations: list
     sweep: str = None  # the flag a fig7 figure plots on its x axis
-    datasets: list = field(default=None)  # the datasets it needs (None: any)
+    datasets: list = None  # the datasets it needs (None: any)
 
     def varied_flags(self):
         """The flags whose value differs between configurations (what the experiment studies)."""
