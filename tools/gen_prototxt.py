@@ -7,6 +7,7 @@ NetSpec, so each is a valid NetParameter). Examples:
     gen_prototxt.py --M 8 --out prototxt/abe8_512              # ABE-8^512, the paper's default
     gen_prototxt.py --arch heads --M 4 --out runs/heads4         # 4-heads^512 baseline
     gen_prototxt.py --M 8 --lambda-div 0 --out runs/nodiv        # without the divergence loss
+    gen_prototxt.py --arch heads --M 8 --lambda-div 1 --out runs/h8div  # Table 3: heads + L_div
     gen_prototxt.py --paper-configs --out prototxt --force       # every configuration in prototxt/
 """
 import argparse
@@ -45,9 +46,11 @@ def parse_args(argv):
     net.add_argument("--branch", choices=list(netgen.BRANCHES), default=NET.branch,
                      help="branching point: the layer whose output is S(x), the spatial feature "
                           "extractor's output shared by the learners (default %(default)s)")
-    net.add_argument("--lambda-div", type=float, default=NET.lambda_div,
+    net.add_argument("--lambda-div", type=float, default=None,
                      help="weight lambda_div of the divergence loss, which encourages diversity "
-                          "among the learners; 0 drops the loss (default %(default)s)")
+                          "among the learners; 0 drops the loss (default 1 for abe; 0 for heads, "
+                          "the paper's M-heads baseline of Table 1, while --lambda-div 1 gives "
+                          "Table 3's 'heads with L_div' variant)")
     net.add_argument("--no-sigmoid", dest="sigmoid", action="store_false",
                      help="attention masks straight from the 1x1 convolution, without the "
                           "sigmoid (the masks are sigmoid outputs by default)")

@@ -6,6 +6,13 @@
     train.py --run-dir runs/cub8 --resume                 # continue from the last snapshot
     train.py --run-dir runs/x --config prototxt/abe8_512 --train-lmdb ... --test-lmdb ...
     train.py ... --gpus 0,1,2,3                            # one process per GPU (NCCL)
+    train.py ... --batch 64 --iter-size 4                  # 4 passes of 16, batch 64's gradient
+    train.py ... --device-mem 16G                          # micro-batch to fit a 16 GB card
+
+--batch is the batch of one iteration over all GPUs (the paper's 64): with N GPUs each runs
+batch/N images, in --iter-size passes of batch/(N x iter-size); the gradient is the same. Before
+training the memory plan of one process is printed; given --device-mem (or on a GPU, its
+memory) without --iter-size, the largest pass batch that fits is chosen.
 
 The network is generated from the options below (or taken from --config, a gen_prototxt
 output folder). Weights start from BVLC's ImageNet GoogLeNet (--init-weights, default
@@ -43,7 +50,7 @@ DATASET_ITERS = {"cub": 10000, "cars": 15000, "sop": 40000, "inshop": 30000, "di
 BENCHMARKS = ("cub", "cars", "sop", "inshop")  # the paper's: they all start from ImageNet
 POSITIVE, COUNT = cli.number(int, above=0), cli.number(int, at_least=0)
 RATE, NONNEGATIVE = cli.number(float, above=0), cli.number(float, at_least=0)
-RESUME_OPTIONS = ("max_iter", "gpus", "cpu")  # what --resume may change
+RESUME_OPTIONS = ("max_iter", "gpus", "cpu", "device_mem")  # what --resume may change
 
 
 def parse_args(argv):
@@ -75,8 +82,16 @@ def parse_args(argv):
     net.add_argument("--embed-dim", type=POSITIVE, default=cfg.embed_dim)
     net.add_argument("--att-depth", type=POSITIVE, default=cfg.att_depth)
     net.add_argument("--branch", choices=list(netgen.BRANCHES), default=cfg.branch)
-    net.add_argument("--lambda-div", type=NONNEGATIVE, default=cfg.lambda_div)
-    net.add_argument("--batch", type=POSITIVE, default=cfg.batch, help="images per iteration")
+    net.add_argument("--lambda-div", type=NONNEGATIVE,
+                     help="divergence loss weight (default 1 for abe, 0 for heads: the paper's "
+                          "M-heads baseline; 1 gives Table 3's heads with L_div)")
+    net.add_argument("--batch", type=POSITIVE, default=cfg.batch,
+                     help="images per iteration over all GPUs, pairs kept whole "
+                          "(default %(default)s, the paper's)")
+    net.add_argument("--iter-size", type=POSITIVE,
+                     help="forward passes per iteration on each GPU: each pass runs "
+                          "batch/(GPUs x iter-size) images (default 1, or what --device-mem "
+                          "needs)")
     net.add_argument("--crop", type=POSITIVE, default=cfg.crop, help="input size, multiple of 32")
     net.add_argument("--lr-mult-new", type=NONNEGATIVE, default=cfg.lr_mult_new,
                      help="lr_mult of the new layers (default %(default)s)")
@@ -93,13 +108,19 @@ def parse_args(argv):
     run.add_argument("--snapshot-every", type=POSITIVE, default=1000)
     run.add_argument("--log-every", type=POSITIVE, default=20, help="iterations per history row")
     run.add_argument("--eval-batch", type=POSITIVE, default=evaluation.DEFAULT_BATCH)
+    run.add_argument("--device-mem",
+                     help="memory of one device, e.g. 24G: the largest pass batch that fits is "
+                          "chosen (default on a GPU: its memory)")
     init = run.add_mutually_exclusive_group()
     init.add_argument("--init-weights", type=Path,
                       help=f"pretrained GoogLeNet (default {DEFAULT_WEIGHTS.relative_to(REPO)})")
     init.add_argument("--from-scratch", action="store_true",
-                      help="no pretrained weights (He/xavier initialization): a deliberate "
+                      help="no pretrained weights: He (MSRA) weights and zero biases for "
+                           "GoogLeNet's layers, xavier for the new layers; a deliberate "
                            "departure from the paper on its datasets")
-    run.add_argument("--seed", type=COUNT, default=0, help="Caffe filler seed")
+    run.add_argument("--seed", type=COUNT, default=0,
+                     help="seeds every random choice: Caffe's fillers, the pair sampler, crops "
+                          "and mirrors (each GPU rank its own stream) (default %(default)s)")
     run.add_argument("--gpus", help="comma-separated GPU ids, one training process each "
                                     "(caffe.NCCL, as BVLC's python/train.py)")
     run.add_argument("--cpu", action="store_true",
@@ -156,7 +177,7 @@ def new_run_settings(args, p):
         ks=sorted(set(args.ks)) if args.ks else list(evaluation.default_ks(args.dataset)),
         eval_batch=args.eval_batch, cpu=args.cpu,
         init_weights="" if args.from_scratch or init is None else str(absolute(init)),
-        gpus=args.gpus, seed=args.seed)
+        gpus=args.gpus, seed=args.seed, batch=args.batch, iter_size=args.iter_size or 1)
     net_cfg = solver_cfg = None
     if args.config is None:
         try:
@@ -191,6 +212,34 @@ def say(line):
     print(f"train: {line}", file=sys.stderr)
 
 
+def plan_memory(args, settings, train_net, deploy_net, choose):
+    """Say the run's batch layout and memory plan; with a known device memory and ``choose``,
+    set the largest pass batch that fits (settings.iter_size)."""
+    from abe.net import memory_plan
+    from abe.train import batching
+
+    layout = batching.BatchLayout(settings.batch, max(1, len(settings.gpus)), settings.iter_size)
+    on_gpu = bool(settings.gpus) and not settings.cpu
+    device = memory_plan.parse_size(args.device_mem) if args.device_mem else 0
+    if not device and on_gpu:
+        device = devices.gpu_memory(settings.gpus[0])
+    reserve = memory_plan.GPU_CONTEXT_BYTES if on_gpu else 0
+    plan_in = memory_plan.net_memory_isolated if on_gpu else memory_plan.NetMemory
+    memory = plan_in(train_net, deploy_net, settings.eval_batch)
+    if device and choose:
+        layout = batching.fit_to_memory(layout, memory, device, reserve)
+        settings.iter_size = layout.iter_size
+        say(f"memory plan: chose {layout.pass_batch} images per forward pass "
+            f"(iter_size {layout.iter_size}) to fit {memory_plan.gib(device)}")
+    plan = memory.plan(layout.pass_batch)
+    say(layout.describe())
+    say(f"memory plan per process: {plan.describe()}"
+        + (f" + {memory_plan.gib(reserve)} CUDA context" if reserve else ""))
+    if device and plan.total + reserve > device:
+        say(f"warning: the plan exceeds the device's {memory_plan.gib(device)}; a larger "
+            f"--iter-size would fit")
+
+
 def resume(args, files):
     """Settings of the run in ``files``, checked and updated for continuing it."""
     if not files.config.exists():
@@ -205,7 +254,11 @@ def resume(args, files):
         settings.max_iter = args.max_iter
     if args.gpus or args.cpu:
         settings.gpus, settings.cpu = args.gpus, args.cpu
-    check_before_writing(settings, checks.check_prototxt(files.train))
+    if not settings.batch:  # a run from before the global batch was recorded
+        training.batch_layout(settings, files.train, training.read_solver(files.solver))
+    train_net = checks.check_prototxt(files.train)
+    check_before_writing(settings, train_net)
+    plan_memory(args, settings, train_net, checks.check_prototxt(files.deploy), choose=False)
     training.prepare_run(settings, config_dir=args.run_dir, resume=True)
     return settings
 
@@ -219,6 +272,9 @@ def start(args, p, files):
     net_param = (netgen.train_net(net_cfg) if net_cfg
                  else checks.check_prototxt(config / "train.prototxt"))
     check_before_writing(settings, net_param, absolute(args.train_lmdb) if config else None)
+    deploy_param = (netgen.deploy_net(net_cfg) if net_cfg
+                    else checks.check_prototxt(config / "deploy.prototxt"))
+    plan_memory(args, settings, net_param, deploy_param, choose=args.iter_size is None)
     if args.start_over and files.run_marks():
         moved = run_folder.move_aside(files)
         say(f"moved the previous run to {moved}")

@@ -88,19 +88,21 @@ class PairSampler:
         if positive_pairs < batch_pairs and len(classes) < 2:
             raise ValueError("only one class: no negative pairs can be formed")
 
-    def next_pairs(self):
-        """(anchors, partners): two index arrays of length batch_pairs, positives first."""
-        rng, negatives = self.rng, self.batch_pairs - self.positive_pairs
-        positive = rng.choice(self.positive_anchors, self.positive_pairs)
+    def next_pairs(self, positive_pairs=None):
+        """(anchors, partners): two index arrays of length batch_pairs, positives first
+        (``positive_pairs`` of them, default the sampler's)."""
+        positives = self.positive_pairs if positive_pairs is None else positive_pairs
+        rng, negatives = self.rng, self.batch_pairs - positives
+        positive = rng.choice(self.positive_anchors, positives)
         negative = rng.integers(0, len(self.labels), negatives)
         anchors = np.concatenate([positive, negative])
         cls = self.class_of[anchors]
         # Positive partner: another member of the anchor's class (skip the anchor's own slot).
-        pos_cls, pos_rank = cls[:self.positive_pairs], self.rank[positive]
-        offset = (rng.random(self.positive_pairs) * (self.count[pos_cls] - 1)).astype(np.int64)
+        pos_cls, pos_rank = cls[:positives], self.rank[positive]
+        offset = (rng.random(positives) * (self.count[pos_cls] - 1)).astype(np.int64)
         offset += offset >= pos_rank
         # Negative partner: any image outside the anchor's class (skip the class's segment).
-        neg_cls = cls[self.positive_pairs:]
+        neg_cls = cls[positives:]
         position = (rng.random(negatives) * (len(self.labels) - self.count[neg_cls])).astype(np.int64)
         position += np.where(position >= self.start[neg_cls], self.count[neg_cls], 0)
         partners = np.concatenate([self.by_class[self.start[pos_cls] + offset],
@@ -197,7 +199,8 @@ class PairDataLayer(caffe.Layer):
     @staticmethod
     def parse_param_str(text):
         """The layer's parameters: PAIR_DEFAULTS overridden by the JSON ``text``."""
-        params = param_str.parse(text, PAIR_DEFAULTS, "PairDataLayer", required=("source",))
+        params = param_str.parse(text, PAIR_DEFAULTS, "PairDataLayer", required=("source",),
+                                 optional=("positive_schedule",))
 
         def need(ok, message):
             param_str.require(ok, "PairDataLayer", message)
@@ -210,6 +213,12 @@ class PairDataLayer(caffe.Layer):
         for key in ("seed", "workers", "start_batch"):
             need(params[key] >= 0, f"{key} must be >= 0, got {params[key]}")
         need(params["prefetch"] >= 1, "prefetch must be >= 1")
+        schedule = params.get("positive_schedule")
+        need(schedule is None or (isinstance(schedule, list) and schedule and all(
+            isinstance(counts, list) and counts and all(
+                type(n) is int and 0 <= n <= params["batch_pairs"] for n in counts)
+            for counts in schedule)),
+            "positive_schedule must list, per rank, positive pair counts within 0..batch_pairs")
         return params
 
     def setup(self, bottom, top):
@@ -221,9 +230,10 @@ class PairDataLayer(caffe.Layer):
         self.mean = np.asarray(params["mean"], np.float32).reshape(3, 1, 1)
         self.keys, labels, self.image_size = scan_source(self.source, self.crop)
         self.rng = np.random.default_rng([int(params["seed"]), caffe.solver_rank()])
-        self.sampler = PairSampler(labels, self.pairs, int(params["positive_pairs"]), self.rng)
-        self.sim = (np.arange(self.pairs) < int(params["positive_pairs"])).astype(np.float32)
+        self.schedule = self._positive_schedule(params)
+        self.sampler = PairSampler(labels, self.pairs, max(self.schedule), self.rng)
         self.start_batch = int(params["start_batch"])
+        self.drawn = 0
         for _ in range(self.start_batch):
             self.next_plan()
         self.plans, self.submitted, self.consumed = {}, self.start_batch, self.start_batch
@@ -238,13 +248,30 @@ class PairDataLayer(caffe.Layer):
             self.env = open_readonly(self.source)
             self.txn = self.env.begin()
 
+    @staticmethod
+    def _positive_schedule(params):
+        """Positive pairs of each batch of this rank, cycled: ``positive_schedule`` holds one
+        list per rank (one entry per forward pass of an iteration, see
+        ``abe.train.batching``), so that the ranks' passes together keep the paper's half of
+        positive pairs even where one pass has an odd number of pairs."""
+        schedule, rank = params.get("positive_schedule"), caffe.solver_rank()
+        if schedule is None:  # every batch of every rank: positive_pairs
+            return [params["positive_pairs"]]
+        if rank >= len(schedule):
+            raise ValueError(f"PairDataLayer positive_schedule has no entry for rank {rank}")
+        return schedule[rank]
+
     @property
     def batch_shape(self):
         return (2 * self.pairs, 3, self.crop, self.crop)
 
+    def positives_of(self, number):
+        return self.schedule[number % len(self.schedule)]
+
     def next_plan(self):
         """Image indices, crop offsets and mirror flags of the next batch."""
-        anchors, partners = self.sampler.next_pairs()
+        anchors, partners = self.sampler.next_pairs(self.positives_of(self.drawn))
+        self.drawn += 1
         indices = np.concatenate([anchors, partners])
         offsets = self.rng.integers(0, self.image_size - self.crop + 1, (len(indices), 2))
         mirrors = (self.rng.random(len(indices)) < 0.5) & self.mirror
@@ -261,17 +288,18 @@ class PairDataLayer(caffe.Layer):
         top[2].reshape(self.pairs)
 
     def forward(self, bottom, top):
+        number = self.consumed
         if self.prefetcher is None:
             indices, offsets, mirrors = self.next_plan()
             _fill(top[0].data, self.txn, self.keys, indices, offsets, mirrors, self.mean)
         else:
-            slot = self.prefetcher.wait(self.consumed)
-            indices, _, _ = self.plans.pop(self.consumed)
+            slot = self.prefetcher.wait(number)
+            indices, _, _ = self.plans.pop(number)
             top[0].data[...] = self.prefetcher.slots[slot]
-            self.consumed += 1
             self._submit(slot)
+        self.consumed += 1
         top[1].data[...] = self.sampler.labels[indices]
-        top[2].data[...] = self.sim
+        top[2].data[...] = np.arange(self.pairs) < self.positives_of(number)
 
     def backward(self, top, propagate_down, bottom):
         pass

@@ -55,6 +55,11 @@ ARCHS = ("abe", "heads")
 G_SHARING = ("batch", "towers")
 DATA_MODES = ("pairs", "input")
 
+# λ_div when not given (ABE_SPEC section 1): ABE-M trains with the divergence loss; the M-heads
+# baseline of the paper's Fig. 1a and Table 1 without it ("8-heads with L_div" is Table 3's
+# separate experiment: --lambda-div 1).
+DEFAULT_LAMBDA_DIV = {"abe": 1.0, "heads": 0.0}
+
 BVLC_PARAM = [dict(lr_mult=1, decay_mult=1), dict(lr_mult=2, decay_mult=0)]
 BVLC_BIAS = dict(type="constant", value=0.2)
 
@@ -84,7 +89,7 @@ class NetConfig:
     embed_dim: int = 512
     att_depth: int = 5
     branch: str = "pool3"
-    lambda_div: float = 1.0
+    lambda_div: float = None  # None: DEFAULT_LAMBDA_DIV of the arch
     sigmoid: bool = True
     batch: int = 64
     crop: int = 224
@@ -101,6 +106,8 @@ class NetConfig:
                 raise ConfigError(message)
         check_numbers(self)
         need(self.arch in ARCHS, f"unknown arch {self.arch!r}; choose from {', '.join(ARCHS)}")
+        if self.lambda_div is None:
+            object.__setattr__(self, "lambda_div", DEFAULT_LAMBDA_DIV[self.arch])
         need(self.M >= 1, f"M must be at least 1, got {self.M}")
         need(self.embed_dim >= 1 and self.embed_dim % self.M == 0,
              f"embed-dim {self.embed_dim} is not a positive multiple of M={self.M}")
@@ -401,6 +408,7 @@ PAPER_CONFIGS = {
     "abe1_64": dict(M=1, embed_dim=64),
     **{f"heads{m}_512": dict(arch="heads", M=m) for m in (1, 2, 4, 8)},
     "abe8_512_nodiv": dict(M=8, lambda_div=0.0),
+    "heads8_512_div": dict(arch="heads", M=8, lambda_div=1.0),
 }
 
 
@@ -409,7 +417,8 @@ def flags(cfg):
     words = []
     for field in fields(cfg):
         value = getattr(cfg, field.name)
-        if value != field.default:
+        default = DEFAULT_LAMBDA_DIV[cfg.arch] if field.name == "lambda_div" else field.default
+        if value != default:
             flag = "--" + field.name.replace("_", "-")
             words += ["--no-sigmoid"] if field.name == "sigmoid" else [flag, str(value)]
     return " ".join(words)

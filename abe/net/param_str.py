@@ -8,8 +8,9 @@ import json
 import math
 
 
-def parse(param_str, defaults, layer, required=()):
-    """``defaults`` overridden by the JSON object in ``param_str``.
+def parse(param_str, defaults, layer, required=(), optional=()):
+    """``defaults`` overridden by the JSON object in ``param_str``; keys of ``optional`` are
+    accepted as given (absent: absent), for the layer to check.
 
     Refused: text that is not a JSON object, unknown keys (a typo is not silently ignored),
     a missing key of ``required``, and a value whose type differs from its default's (an
@@ -22,7 +23,7 @@ def parse(param_str, defaults, layer, required=()):
                          f"{param_str!r}") from None
     if not isinstance(given, dict):
         raise ValueError(f"{layer} param_str must be a JSON object, got {param_str!r}")
-    known = set(defaults) | set(required)
+    known = set(defaults) | set(required) | set(optional)
     unknown = sorted(set(given) - known)
     if unknown:
         raise ValueError(f"{layer}: unknown param_str keys {unknown}; known: {sorted(known)}")

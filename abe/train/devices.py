@@ -22,6 +22,15 @@ else:
     print(count.value if ok else 0)
 """
 
+_GPU_MEMORY = """
+import ctypes, sys
+cuda = ctypes.CDLL("libcuda.so.1")
+device, total = ctypes.c_int(0), ctypes.c_size_t(0)
+ok = cuda.cuInit(0) == 0 and cuda.cuDeviceGet(ctypes.byref(device), int(sys.argv[1])) == 0
+ok = ok and cuda.cuDeviceTotalMem_v2(ctypes.byref(total), device) == 0
+print(total.value if ok else 0)
+"""
+
 
 def caffe_is_cpu_only():
     """True for a CPU_ONLY build: its install prefix's CaffeConfig.cmake records the switch."""
@@ -51,3 +60,10 @@ def require_gpus(ids):
     missing = [i for i in ids if i >= count]
     if missing:
         raise UserError(f"GPU {missing[0]} requested, but {count} GPU(s) are visible")
+
+
+def gpu_memory(gpu):
+    """Total memory of CUDA device ``gpu`` in bytes (0 when the driver cannot say)."""
+    answer = subprocess.run([sys.executable, "-c", _GPU_MEMORY, str(gpu)], capture_output=True,
+                            text=True)
+    return int(answer.stdout.strip() or 0) if answer.returncode == 0 else 0

@@ -28,6 +28,7 @@ import os
 import re
 import secrets
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,10 +36,13 @@ from pathlib import Path
 import numpy as np
 
 from abe.errors import UserError
+from abe.train import batching
 from abe.train.run_folder import RunFiles, resumable_snapshot
 
 KEEP_SNAPSHOTS = 2  # a damaged newest snapshot leaves the one before it to resume from
-NEW_LAYER = re.compile(r"(^|/)(attention_conv|embed_fc)$")  # not in GoogLeNet: xavier always
+# Not in GoogLeNet, xavier always: the attention 1x1 convs (named learner{m}/attention when
+# --no-sigmoid leaves no separate mask blob) and the embedding FCs.
+NEW_LAYER = re.compile(r"(^|/)(attention_conv|embed_fc)$|^learner\d+/attention$")
 
 
 class LossNotFinite(RuntimeError):
@@ -61,7 +65,10 @@ class TrainSettings:
     scratch_init: str = "he"  # from scratch: "he" (see he_initialize) or "bvlc" (the fillers)
     gpus: list = field(default_factory=list)  # one process per id; empty: one CPU process
     cpu: bool = False  # with several gpus: CPU stand-in processes (no gradient reduction)
-    seed: int = 0
+    seed: int = 0  # fillers, He init, pair sampler, crops, mirrors (each rank its own stream)
+    batch: int = 0  # images per iteration over all ranks (0: the train net's, x ranks x iter_size)
+    iter_size: int = 1  # forward passes accumulated per iteration on each rank
+    pass_batch: int = 0  # images per forward pass (derived; recorded in config.json)
 
 
 def write_atomic(path, text):
@@ -79,6 +86,7 @@ def write_solver(files, solver_param, settings):
     solver_param.snapshot = 0
     solver_param.snapshot_prefix = str((files.partial / "snap").resolve())
     solver_param.random_seed = settings.seed
+    solver_param.iter_size = settings.iter_size
     on_gpu = settings.gpus and not settings.cpu
     solver_param.solver_mode = solver_param.GPU if on_gpu else solver_param.CPU
     write_atomic(files.solver, text_format.MessageToString(solver_param))
@@ -101,8 +109,11 @@ def prepare_run(settings, config_dir=None, net_cfg=None, solver_cfg=None, train_
             shutil.copyfile(Path(config_dir) / path.name, files.root / (path.name + ".partial"))
             os.replace(files.root / (path.name + ".partial"), path)
     solver_param = read_solver(files.solver)
+    layout = batch_layout(settings, files.train, solver_param)
+    solver_param.iter_size = layout.iter_size
     latest = resumable_snapshot(files) if resume else None
-    pair_params = {"start_batch": batches_drawn(solver_param, latest[0] if latest else 0)}
+    pair_params = {"start_batch": batches_drawn(solver_param, latest[0] if latest else 0),
+                   "seed": settings.seed, **batching.pair_sampling(layout)}
     if train_source:
         pair_params["source"] = str(train_source)
     set_pair_params(files.train, **pair_params)
@@ -110,6 +121,21 @@ def prepare_run(settings, config_dir=None, net_cfg=None, solver_cfg=None, train_
     saved = {k: v for k, v in asdict(settings).items() if k != "run_dir"}
     write_atomic(files.config, json.dumps(saved, indent=2) + "\n")
     return files
+
+
+def batch_layout(settings, train_prototxt, solver_param):
+    """The run's ``BatchLayout``; fills ``settings.batch``/``iter_size``/``pass_batch``. A run
+    that names no global batch keeps its train net's pass batch and its solver's iter_size."""
+    ranks = max(1, len(settings.gpus))
+    if not settings.batch:
+        settings.iter_size = solver_param.iter_size
+        from abe.net.model_stats import read_net
+
+        pairs = (pair_layer_params(read_net(train_prototxt)) or {}).get("batch_pairs", 32)
+        settings.batch = 2 * pairs * ranks * settings.iter_size
+    layout = batching.BatchLayout(settings.batch, ranks, settings.iter_size)
+    settings.pass_batch = layout.pass_batch
+    return layout
 
 
 def batches_drawn(solver_param, iteration):
@@ -469,13 +495,18 @@ def new_uid(caffe):
 
 def _rank_main(settings, rank, uid, resume, report):
     trainer = Trainer(settings, rank=rank, uid=uid, resume=resume)
-    report.put((rank, uid, trainer.caffe.solver_rank(), trainer.caffe.solver_count()))
+    pass_batch = trainer.solver.net.blobs["data"].num
+    iter_size = trainer.solver.param.iter_size
+    print(f"rank {rank}: {pass_batch} images per forward pass, iter_size {iter_size}: "
+          f"{pass_batch * iter_size} images per iteration", file=sys.stderr, flush=True)
+    report.put((rank, uid, trainer.caffe.solver_rank(), trainer.caffe.solver_count(),
+                pass_batch, iter_size))
     trainer.run()
 
 
 def train_parallel(settings, resume=False):
-    """One process per GPU (BVLC python/train.py); returns [(rank, uid, solver_rank, count)]
-    as each process saw them. A failing rank stops all of them."""
+    """One process per GPU (BVLC python/train.py); returns [(rank, uid, solver_rank, count,
+    pass batch, iter_size)] as each process saw them. A failing rank stops all of them."""
     import caffe
 
     uid = new_uid(caffe)
