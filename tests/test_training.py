@@ -158,8 +158,9 @@ def test_one_process_per_gpu_with_a_cpu_stand_in(digits, tmp_path):
     training.prepare_run(settings, net_cfg=net, solver_cfg=netgen.SolverConfig())
     seen = training.train_parallel(settings)
     assert [rank for rank, *_ in seen] == [0, 1]
-    assert len({uid for _, uid, _, _ in seen}) == 1  # one session id shared by all ranks
-    assert [(solver_rank, count) for _, _, solver_rank, count in seen] == [(0, 2), (1, 2)]
+    assert len({uid for _, uid, *_ in seen}) == 1  # one session id shared by all ranks
+    assert [(solver_rank, count) for _, _, solver_rank, count, *_ in seen] == [(0, 2), (1, 2)]
+    assert [(pass_batch, iter_size) for *_, pass_batch, iter_size in seen] == [(8, 1), (8, 1)]
     assert (tmp_path / "run" / "snapshots" / "iter_2.caffemodel").exists()  # rank 0's work
 
 

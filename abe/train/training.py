@@ -496,7 +496,7 @@ def new_uid(caffe):
 def _rank_main(settings, rank, uid, resume, report):
     trainer = Trainer(settings, rank=rank, uid=uid, resume=resume)
     pass_batch = trainer.solver.net.blobs["data"].num
-    iter_size = trainer.solver.param.iter_size
+    iter_size = trainer.param.iter_size
     print(f"rank {rank}: {pass_batch} images per forward pass, iter_size {iter_size}: "
           f"{pass_batch * iter_size} images per iteration", file=sys.stderr, flush=True)
     report.put((rank, uid, trainer.caffe.solver_rank(), trainer.caffe.solver_count(),
