@@ -12,7 +12,8 @@
 #    (cub, cars, sop, inshop): if no mirror serves it, one line says how to get it and nothing
 #    trains (--from-scratch trains without it, deliberately); digits train from scratch
 # 3. generates the network and trains (tools/train.py; every option not listed here is passed
-#    to it: --M, --embed-dim, --lambda-div, --max-iter, --eval-every, --gpus, --base-lr, ...)
+#    to it: --M, --embed-dim, --lambda-div, --max-iter, --eval-every, --gpus, --base-lr,
+#    --batch (global, over all GPUs), --iter-size, --device-mem, --seed, ...)
 # 4. evaluates the best-Recall@1 snapshot and writes runs/<name>/: config.json, the prototxts,
 #    history.csv, recall.json (final Recall@K), features.npz, curves.png, self_pairs.png,
 #    attention.png

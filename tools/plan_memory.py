@@ -13,6 +13,7 @@ pass batch that splits a GPU's share into whole pairs is listed, and with --devi
 largest that fits is chosen (tools/train.py does the same before training). On a GPU add the
 CUDA context (--reserve).
 """
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 os.environ.setdefault("GLOG_minloglevel", "2")
 
 from abe.cli import Parser, run  # noqa: E402
-from abe.errors import UserError  # noqa: E402
+from abe.eval.evaluation import DEFAULT_BATCH as EVAL_BATCH  # noqa: E402
 from abe.net import memory_plan  # noqa: E402
 from abe.train import batching  # noqa: E402
 
@@ -28,12 +29,12 @@ TABLE_GPUS = (1, 2, 4, 8)
 
 
 def parse_args(argv):
-    p = Parser(description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("train", type=Path, nargs="+", help="train.prototxt (one or more)")
     p.add_argument("--batch", type=int, default=64,
                    help="images per iteration over all GPUs (default %(default)s, the paper's)")
     p.add_argument("--gpus", type=int, default=1, help="number of GPUs (default %(default)s)")
-    p.add_argument("--eval-batch", type=int, default=50,
+    p.add_argument("--eval-batch", type=int, default=EVAL_BATCH,
                    help="test net batch, tools/train.py's --eval-batch (default %(default)s)")
     p.add_argument("--device-mem", help="memory of one device, e.g. 24G: choose the largest "
                                         "pass batch that fits")

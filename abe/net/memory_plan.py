@@ -16,7 +16,8 @@ evaluation touch:
 
 Everything but the column buffers and the parameters grows linearly with the pass batch, so two
 small instantiations (2 and 4 images) give the plan at any batch. On a GPU add the CUDA context
-(``GPU_CONTEXT_BYTES``); NCCL holds one more copy of the parameters and their gradients per rank.
+(``GPU_CONTEXT_BYTES``). NCCL moves the parameters and their gradients into one buffer each (Caffe's
+GPUParams, the originals freed), so it adds nothing.
 """
 import json
 import os
