@@ -129,14 +129,14 @@ def test_micro_batches_give_the_whole_batch_gradient(caffe, tmp_path):
     assert compared > 100
 
 
-def pair_stream(caffe, tmp_path, digits, seed, rank=0, name="run"):  # noqa: F811
-    """The first two batches (data, label) that rank ``rank`` of a prepared run with two
-    (stand-in) GPUs and batch 32 draws."""
+def pair_stream(caffe, tmp_path, digits, seed, rank=0, name="run", **layout):  # noqa: F811
+    """The first two batches (data, label, sim) that rank ``rank`` of a prepared run draws
+    (default: two stand-in GPUs, batch 32)."""
     from abe.data.pair_layer import close_data_layers
 
+    layout = {"batch": 32, "gpus": [0, 1], **layout}
     settings = training.TrainSettings(run_dir=str(tmp_path / name), max_iter=1, seed=seed,
-                                      test_lmdbs=[str(digits["test"])], batch=32,
-                                      gpus=[0, 1], cpu=True)
+                                      test_lmdbs=[str(digits["test"])], cpu=True, **layout)
     training.prepare_run(settings, net_cfg=netgen.NetConfig(**TINY, batch=16,
                                                             source=str(digits["train"])),
                          solver_cfg=netgen.SolverConfig())
@@ -148,7 +148,7 @@ def pair_stream(caffe, tmp_path, digits, seed, rank=0, name="run"):  # noqa: F81
     batches = []
     for _ in range(2):
         net.forward(end="silence_label")
-        batches.append((net.blobs["data"].data.copy(), net.blobs["label"].data.copy()))
+        batches.append(tuple(net.blobs[b].data.copy() for b in ("data", "label", "sim")))
     close_data_layers(net)
     return batches
 
@@ -165,6 +165,15 @@ def test_seed_drives_the_pair_stream(caffe, tmp_path, digits):  # noqa: F811
     assert not same(first, pair_stream(caffe, tmp_path, digits, seed=1, rank=1, name="d"))
     config = json.loads((tmp_path / "c" / "config.json").read_text())
     assert config["seed"] == 2
+
+
+def test_passes_with_odd_pairs_alternate_to_half_positive(caffe, tmp_path, digits):  # noqa: F811
+    """Batch 12 in 2 passes of 3 pairs: 1 then 2 positive pairs, 3 of the 6 in all."""
+    for (data, label, sim), positives in zip(pair_stream(caffe, tmp_path, digits, seed=0,
+                                                         batch=12, gpus=[], iter_size=2),
+                                             (1, 2)):
+        assert data.shape[0] == 6 and list(sim) == [1] * positives + [0] * (3 - positives)
+        assert ((label[:3] == label[3:]) == sim.astype(bool)).all()
 
 
 def test_heads_train_without_divergence_unless_asked():
