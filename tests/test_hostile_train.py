@@ -79,6 +79,13 @@ CASES = {
     "M-zero": Case(FRESH + ["--M", "0"], 2, ("--M",)),
     "crop-not-multiple-of-32": Case(FRESH + ["--crop", "40"], 2, ("crop",)),
     "odd-batch": Case(FRESH + ["--batch", "15"], 2, ("batch",)),
+    # the global batch over GPUs and passes, pairs whole; the memory plan's device size
+    "batch-over-3-gpus": Case(FRESH + ["--gpus", "0,1,2", "--cpu"], 2, ("over 3 GPUs",)),
+    "iter-size-splits-pairs": Case(FRESH + ["--iter-size", "3"], 2, ("--iter-size 3",)),
+    "iter-size-zero": Case(FRESH + ["--iter-size", "0"], 2, ("--iter-size",)),
+    "device-mem-text": Case(FRESH + ["--device-mem", "lots"], 2, ("not a size",)),
+    "device-mem-too-small": Case(FRESH + ["--device-mem", "1M"], 2, ("even at one pair",)),
+    "resume-changes-iter-size": Case(RESUME + ["--iter-size", "2"], 2, ("--iter-size",)),
     # what Caffe would abort on, pre-checked
     "gpu-on-cpu-build": Case(FRESH + ["--gpus", "0"], 2, ("CPU-only",)),
     "crop-larger-than-images": Case(FRESH + ["--crop", "64"], 2, ("crop 64", "40")),

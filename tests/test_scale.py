@@ -9,6 +9,7 @@ from google.protobuf import text_format
 
 from abe.errors import UserError
 from abe.net import memory_plan, netgen
+from abe.net.model_stats import read_net
 from abe.train import batching, training
 from test_training import TINY_NET, digits, run_tool  # noqa: F401  (digits is a fixture)
 
@@ -60,7 +61,7 @@ def test_stand_in_ranks_run_their_share_and_say_so(digits, tmp_path):  # noqa: F
     config = json.loads((run / "config.json").read_text())
     assert (config["batch"], config["gpus"], config["pass_batch"], config["iter_size"]) == \
         (64, [0, 1, 2, 3], 8, 2)
-    params = training.pair_params(run / "train.prototxt")
+    params = training.pair_layer_params(read_net(run / "train.prototxt"))
     assert params["batch_pairs"] == 4 and params["positive_schedule"] == [[2, 2]] * 4
 
     refused = run_tool("train.py", "--run-dir", tmp_path / "other", "--train-lmdb",

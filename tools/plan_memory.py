@@ -20,21 +20,22 @@ from pathlib import Path
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 
-from abe.cli import Parser, run  # noqa: E402
+from abe.cli import Parser, number, run  # noqa: E402
 from abe.eval.evaluation import DEFAULT_BATCH as EVAL_BATCH  # noqa: E402
 from abe.net import memory_plan  # noqa: E402
 from abe.train import batching  # noqa: E402
 
 TABLE_GPUS = (1, 2, 4, 8)
+POSITIVE = number(int, above=0)
 
 
 def parse_args(argv):
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("train", type=Path, nargs="+", help="train.prototxt (one or more)")
-    p.add_argument("--batch", type=int, default=64,
+    p.add_argument("--batch", type=POSITIVE, default=64,
                    help="images per iteration over all GPUs (default %(default)s, the paper's)")
-    p.add_argument("--gpus", type=int, default=1, help="number of GPUs (default %(default)s)")
-    p.add_argument("--eval-batch", type=int, default=EVAL_BATCH,
+    p.add_argument("--gpus", type=POSITIVE, default=1, help="number of GPUs (default %(default)s)")
+    p.add_argument("--eval-batch", type=POSITIVE, default=EVAL_BATCH,
                    help="test net batch, tools/train.py's --eval-batch (default %(default)s)")
     p.add_argument("--device-mem", help="memory of one device, e.g. 24G: choose the largest "
                                         "pass batch that fits")
@@ -44,10 +45,7 @@ def parse_args(argv):
     p.add_argument("--table", action="store_true",
                    help="a Markdown table: each net at --batch on 1, 2, 4 and 8 GPUs without "
                         "micro-batching, and the smallest common card that holds it")
-    args = p.parse_args(argv)
-    if args.gpus < 1 or args.eval_batch < 1:
-        p.error("--gpus and --eval-batch must be positive")
-    return args
+    return p.parse_args(argv)
 
 
 def plan_one(args, path, reserve):
