@@ -23,28 +23,36 @@ class ModelStats:
     macs: int  # per image, convolution + inner product
 
 
-def single_image(net):
-    """The same net with every Input blob's batch set to 1, so counts are per image."""
+def with_batch(net, batch=1):
+    """The same net with every Input blob's batch set to ``batch`` (1: counts per image)."""
     net = caffe_pb2.NetParameter.FromString(net.SerializeToString())
     for layer in net.layer:
         if layer.type == "Input":
             for shape in layer.input_param.shape:
-                shape.dim[0] = 1
+                shape.dim[0] = batch
+    for shape in net.input_shape:  # the legacy input fields
+        shape.dim[0] = batch
+    for i in range(0, len(net.input_dim), 4):
+        net.input_dim[i] = batch
     return net
 
 
-def model_stats(deploy_path):
-    """Counts from a real Caffe net built (not run) from ``deploy_path`` at batch 1."""
+def caffe_net(net_param, phase="TEST"):
+    """A real ``caffe.Net`` built from a NetParameter (pycaffe reads nets only from files)."""
     import caffe
 
-    net_param = single_image(read_net(deploy_path))
     fd, tmp = tempfile.mkstemp(suffix=".prototxt")
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text_format.MessageToString(net_param))
-        net = caffe.Net(tmp, caffe.TEST)
+        return caffe.Net(tmp, getattr(caffe, phase))
     finally:
         os.unlink(tmp)
+
+
+def model_stats(deploy_path):
+    """Counts from a real Caffe net built (not run) from ``deploy_path`` at batch 1."""
+    net = caffe_net(with_batch(read_net(deploy_path)))
     layer_types = {name: layer.type for name, layer in zip(net._layer_names, net.layers)}
     seen, params, macs = set(), 0, 0
     for name, blobs in net.params.items():
