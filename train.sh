@@ -16,7 +16,7 @@
 #    --batch (global, over all GPUs), --iter-size, --device-mem, --seed, ...)
 # 4. evaluates the best-Recall@1 snapshot and writes runs/<name>/: config.json, the prototxts,
 #    history.csv, recall.json (final Recall@K), features.npz, curves.png, self_pairs.png,
-#    attention.png
+#    attention.png, retrievals.png (+ retrievals_learners.png), embedding_map.png
 #
 # Own options: --dataset NAME (required), --name RUN (default <dataset>-<date>), --raw DIR,
 # --lmdb-dir DIR, --size N (LMDB image side, default 256), --bbox (CUB/CARS cropped to their
@@ -136,4 +136,9 @@ if grep -q 'learner0/attention' "$run/deploy.prototxt"; then
   "$PY" tools/plot_attention.py --deploy "$run/deploy.prototxt" --weights "$best" \
     --test-lmdb "$first_test" --out "$run/attention.png" > /dev/null
 fi
-echo "train.sh: done; report in $run/ (recall.json, history.csv, curves.png, self_pairs.png, attention.png)"
+"$PY" tools/plot_retrievals.py --features "$run/features.npz" "${test_args[@]}" \
+  --out "$run/retrievals.png" > /dev/null
+"$PY" tools/plot_embedding_map.py --features "$run/features.npz" --out "$run/embedding_map.png" \
+  > /dev/null
+echo "train.sh: done; report in $run/ (recall.json, history.csv, curves.png, self_pairs.png," \
+  "attention.png, retrievals.png, embedding_map.png)"

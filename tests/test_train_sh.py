@@ -33,7 +33,8 @@ def test_docker_style_run_end_to_end(tmp_path):
         assert set(recall["recall"]) == {"1", "2", "4", "8"}
         assert all(0.0 <= v <= 1.0 for v in recall["recall"].values())
         for produced in ("history.csv", "curves.png", "self_pairs.png", "attention.png",
-                         "features.npz"):
+                         "features.npz", "retrievals.png", "retrievals_learners.png",
+                         "embedding_map.png"):
             assert (run_dir / produced).stat().st_size > 0, produced
         assert (tmp_path / "lmdb" / "digits" / "train_lmdb").is_dir()
     finally:

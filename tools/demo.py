@@ -4,7 +4,8 @@
 Prepares scikit-learn's bundled handwritten digits as LMDBs (train: digits 0-4, test: the
 unseen digits 5-9), trains a reduced ABE-M (the configuration is printed) with the divergence
 loss, and reports Recall@K of the untrained and the trained network on the unseen digits.
-Writes runs/demo/report.json, history.csv, curves.png, self_pairs.png and attention.png.
+Writes runs/demo/report.json, history.csv, curves.png, self_pairs.png, attention.png,
+retrievals.png, retrievals_learners.png and embedding_map.png.
 """
 import argparse
 import os
@@ -39,7 +40,8 @@ def main(argv=None):
           f"mean self-pair cosine similarity of the trained learners: "
           f"{report['self_pair_cosine_mean']:.3f}; wall time {report['wall_s']:.0f} s")
     print(f"report: {args.run_dir / 'report.json'}; plots: curves.png, self_pairs.png, "
-          f"attention.png in {args.run_dir}")
+          f"attention.png, retrievals.png, retrievals_learners.png, embedding_map.png in "
+          f"{args.run_dir}")
     return 0
 
 

@@ -17,9 +17,7 @@ from pathlib import Path
 
 from abe import cli
 from abe.errors import UserError
-from abe.eval import embeddings, plots, retrieval
-
-LEARNER_QUERIES = 3  # queries in the per-learner figure (one row per learner)
+from abe.eval import embeddings, retrieval
 
 
 def main(argv=None):
@@ -44,16 +42,10 @@ def main(argv=None):
         features = embeddings.load(args.features)
     except embeddings.FeaturesError as error:
         raise UserError(str(error)) from None
-    found = retrieval.retrievals(features, args.queries, args.k, args.seed)
     paths = [args.test_lmdb] if args.test_lmdb else [args.query_lmdb, args.gallery_lmdb]
-    labels = features["labels"]
-    images = retrieval.load_images(paths, retrieval.shown_indices(found), labels)
-    print(plots.retrieval_figure(images, labels, found["queries"], found["ensemble"], args.out))
-    if len(found["learners"]) >= 2:
-        few = slice(0, LEARNER_QUERIES)
-        print(plots.learner_retrieval_figure(
-            images, labels, found["queries"][few], [rows[few] for rows in found["learners"]],
-            args.out.with_name(f"{args.out.stem}_learners.png")))
+    for written in retrieval.write_figures(features, paths, args.out, args.queries, args.k,
+                                           args.seed):
+        print(written)
     return 0
 
 

@@ -4,12 +4,15 @@ retrieval figures (the ensemble's and each learner's), and the test images to sh
 Distances are squared Euclidean, as in Recall@K; a query never retrieves itself; equal
 distances are broken by index, so the figure is the same on every run.
 """
+from pathlib import Path
+
 import numpy as np
 
 from abe.errors import UserError
 
 DEFAULT_QUERIES = 6
 DEFAULT_K = 5
+LEARNER_QUERIES = 3  # queries in the per-learner figure (one row per learner)
 
 
 def choose_queries(labels, count, seed=0, candidates=None):
@@ -78,3 +81,21 @@ def load_images(lmdbs, indices, labels):
     if position != len(labels):
         raise UserError(f"the features hold {len(labels)} images, the LMDBs {position}")
     return images
+
+
+def write_figures(features, lmdbs, path, count=DEFAULT_QUERIES, k=DEFAULT_K, seed=0):
+    """``path`` (the ensemble's retrievals) and, with two or more learners,
+    ``<stem>_learners.png`` (each learner's, for the first LEARNER_QUERIES queries)."""
+    from abe.eval import plots
+
+    found = retrievals(features, count, k, seed)
+    labels = features["labels"]
+    images = load_images(lmdbs, shown_indices(found), labels)
+    path = Path(path)
+    written = [plots.retrieval_figure(images, labels, found["queries"], found["ensemble"], path)]
+    if len(found["learners"]) >= 2:
+        few = slice(0, LEARNER_QUERIES)
+        written.append(plots.learner_retrieval_figure(
+            images, labels, found["queries"][few], [rows[few] for rows in found["learners"]],
+            path.with_name(f"{path.stem}_learners.png")))
+    return written

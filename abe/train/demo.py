@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from abe.eval import embeddings, evaluation, plots
+from abe.eval import embeddings, evaluation, plots, retrieval
 from abe.net import netgen
 from abe.train import training
 
@@ -78,11 +78,13 @@ def run(run_dir, data_dir, config=DemoConfig(), progress=True, log=print):
     training.clear_run(run_dir)
     training.prepare_run(settings, net_cfg=net_cfg, solver_cfg=solver_cfg)
     trainer = training.Trainer(settings, progress=progress)
+    untrained_features = evaluation.embed_test_set(trainer.test_net, settings.test_lmdbs,
+                                                   progress=False)
     evaluations = {}
     trainer.run(on_eval=lambda it, result: evaluations.setdefault(it, result))
     untrained, trained = evaluations[0], evaluations[config.max_iter]
     features = evaluation.embed_test_set(trainer.test_net, settings.test_lmdbs, progress=False)
-    write_plots(run_dir, trainer, features)
+    write_plots(run_dir, trainer, features, untrained_features)
     report = {
         "untrained": untrained, "trained": trained,
         "recall@1_gain_points": 100 * (trained["recall"]["1"] - untrained["recall"]["1"]),
@@ -95,11 +97,17 @@ def run(run_dir, data_dir, config=DemoConfig(), progress=True, log=print):
     return report
 
 
-def write_plots(run_dir, trainer, features, n_images=4):
-    """curves.png, self_pairs.png and attention.png of a finished run."""
+def write_plots(run_dir, trainer, features, untrained_features, n_images=4):
+    """curves.png, self_pairs.png, attention.png, retrievals.png (+ _learners) and
+    embedding_map.png (untrained next to trained) of a finished run."""
     run_dir = Path(run_dir)
+    test_lmdb = trainer.settings.test_lmdbs[0]
     plots.training_curves(training.read_history(trainer.files.history), run_dir / "curves.png")
     plots.self_pair_histograms(features["learners"], run_dir / "self_pairs.png")
-    examples = embeddings.attention_examples(trainer.test_net, trainer.settings.test_lmdbs[0],
-                                             n_images)
+    examples = embeddings.attention_examples(trainer.test_net, test_lmdb, n_images)
     plots.attention_masks(*examples, run_dir / "attention.png")
+    retrieval.write_figures(features, [test_lmdb], run_dir / "retrievals.png")
+    labels = features["labels"]
+    plots.embedding_map([("untrained", untrained_features["features"], labels),
+                         ("trained", features["features"], labels)],
+                        run_dir / "embedding_map.png")
