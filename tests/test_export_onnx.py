@@ -6,6 +6,7 @@ import json
 import numpy as np
 import onnx
 import pytest
+from caffe import NetSpec
 from caffe import layers as L
 from caffe import params as P
 from google.protobuf import text_format
@@ -96,40 +97,36 @@ def test_abe8_512_at_224_from_the_command_line(caffe, tmp_path):
 
 def edge_net(path):
     """A net that hits the edges where ONNX's defaults differ from Caffe's."""
-    from caffe import NetSpec
-
-    n = L
-
     s = NetSpec()
-    s.data = n.Input(shape=dict(dim=[1, 3, 10, 10]))
-    s.conv = n.Convolution(s.data, num_output=4, kernel_size=3, pad=1,
+    s.data = L.Input(shape=dict(dim=[1, 3, 10, 10]))
+    s.conv = L.Convolution(s.data, num_output=4, kernel_size=3, pad=1,
                            weight_filler=dict(type="gaussian", std=0.3),
                            bias_filler=dict(type="gaussian", std=0.5))
-    s.leaky = n.ReLU(s.conv, negative_slope=0.1, in_place=True)
-    s.lrn = n.LRN(s.conv, local_size=3, alpha=0.5, beta=0.6, k=2.0)
-    # 10 -> 6 with padding: the last window starts in the padding (Caffe's ceil).
-    s.max_pad = n.Pooling(s.lrn, pool=P.Pooling.MAX, kernel_size=3, stride=2, pad=1)
-    s.ave_pad = n.Pooling(s.lrn, pool=P.Pooling.AVE, kernel_size=3, stride=2, pad=1)
-    s.ave = n.Pooling(s.lrn, pool=P.Pooling.AVE, kernel_size=2, stride=2)
-    s.ave_ceil = n.Pooling(s.ave_pad, pool=P.Pooling.AVE, kernel_size=3, stride=2)  # 6 -> 3
-    s.ave_drop = n.Pooling(s.lrn, pool=P.Pooling.AVE, kernel_size=2, stride=3, pad=1)
-    s.sum = n.Eltwise(s.max_pad, s.ave_pad, operation=P.Eltwise.SUM, coeff=[0.5, -2.0])
-    s.max = n.Eltwise(s.sum, s.max_pad, operation=P.Eltwise.MAX)
-    s.prod = n.Eltwise(s.max, s.ave_pad, s.sum, operation=P.Eltwise.PROD)
-    s.a, s.b, s.c = n.Slice(s.prod, slice_point=[1, 3], axis=1, ntop=3)
-    s.left, s.right = n.Split(s.b, ntop=2)
-    s.mixed = n.Concat(s.c, s.left, s.a, s.right, axis=1)
-    s.dropped = n.Dropout(s.mixed, dropout_ratio=0.5)
-    s.gate = n.Sigmoid(s.dropped)
-    s.fc = n.InnerProduct(s.gate, num_output=5, weight_filler=dict(type="gaussian", std=0.5),
+    s.leaky = L.ReLU(s.conv, negative_slope=0.1, in_place=True)
+    s.lrn = L.LRN(s.conv, local_size=3, alpha=0.5, beta=0.6, k=2.0)
+    # 10 -> 6 (Caffe's ceil): the last window reaches past the padding.
+    s.max_pad = L.Pooling(s.lrn, pool=P.Pooling.MAX, kernel_size=3, stride=2, pad=1)
+    s.ave_pad = L.Pooling(s.lrn, pool=P.Pooling.AVE, kernel_size=3, stride=2, pad=1)
+    s.ave = L.Pooling(s.lrn, pool=P.Pooling.AVE, kernel_size=2, stride=2)
+    s.ave_ceil = L.Pooling(s.ave_pad, pool=P.Pooling.AVE, kernel_size=3, stride=2)  # 6 -> 3
+    s.ave_drop = L.Pooling(s.lrn, pool=P.Pooling.AVE, kernel_size=2, stride=3, pad=1)
+    s.sum = L.Eltwise(s.max_pad, s.ave_pad, operation=P.Eltwise.SUM, coeff=[0.5, -2.0])
+    s.max = L.Eltwise(s.sum, s.max_pad, operation=P.Eltwise.MAX)
+    s.prod = L.Eltwise(s.max, s.ave_pad, s.sum, operation=P.Eltwise.PROD)
+    s.a, s.b, s.c = L.Slice(s.prod, slice_point=[1, 3], axis=1, ntop=3)
+    s.left, s.right = L.Split(s.b, ntop=2)
+    s.mixed = L.Concat(s.c, s.left, s.a, s.right, axis=1)
+    s.dropped = L.Dropout(s.mixed, dropout_ratio=0.5)
+    s.gate = L.Sigmoid(s.dropped)
+    s.fc = L.InnerProduct(s.gate, num_output=5, weight_filler=dict(type="gaussian", std=0.5),
                           bias_filler=dict(type="gaussian", std=0.5))
-    s.fc_ave = n.InnerProduct(s.ave, num_output=5, weight_filler=dict(type="gaussian", std=0.5))
-    s.fc_ceil = n.InnerProduct(s.ave_ceil, num_output=5,
+    s.fc_ave = L.InnerProduct(s.ave, num_output=5, weight_filler=dict(type="gaussian", std=0.5))
+    s.fc_ceil = L.InnerProduct(s.ave_ceil, num_output=5,
                                weight_filler=dict(type="gaussian", std=0.5))
-    s.fc_drop = n.InnerProduct(s.ave_drop, num_output=5,
+    s.fc_drop = L.InnerProduct(s.ave_drop, num_output=5,
                                weight_filler=dict(type="gaussian", std=0.5))
-    s.features = n.Concat(s.fc, s.fc_ave, s.fc_ceil, s.fc_drop, axis=1)
-    s.embedding = n.Python(s.features, module="abe.net.layers", layer="L2Normalize",
+    s.features = L.Concat(s.fc, s.fc_ave, s.fc_ceil, s.fc_drop, axis=1)
+    s.embedding = L.Python(s.features, module="abe.net.layers", layer="L2Normalize",
                            param_str=json.dumps({"eps": 0.5}))
     path.write_text(text_format.MessageToString(s.to_proto()))
     return path
@@ -189,7 +186,7 @@ def test_weights_that_do_not_fit_are_one_line_not_a_caffe_abort(caffe, tmp_path)
 
 
 @pytest.mark.parametrize("case", ["exists", "missing-weights", "foreign-python-layer",
-                                  "not-a-prototxt", "no-images"])
+                                  "not-a-prototxt", "no-images", "dangling-bottom"])
 def test_bad_input_raises_a_user_error_and_writes_nothing(caffe, tmp_path, case):
     deploy = generated(tmp_path, M=2, embed_dim=32, crop=32)
     weights = save_weights(caffe, deploy, tmp_path / "w.caffemodel")
@@ -197,7 +194,7 @@ def test_bad_input_raises_a_user_error_and_writes_nothing(caffe, tmp_path, case)
     expect = {"exists": "--force", "missing-weights": "nope.caffemodel is not a file",
               "foreign-python-layer": "Python layer my.module.Layer",
               "not-a-prototxt": "not a readable net prototxt",
-              "no-images": "at least one image"}[case]
+              "no-images": "at least one image", "dangling-bottom": "'ghost'"}[case]
     if case == "exists":
         out.write_text("keep me")
     elif case == "missing-weights":
@@ -207,6 +204,9 @@ def test_bad_input_raises_a_user_error_and_writes_nothing(caffe, tmp_path, case)
                           .replace('module: "abe.net.layers"', 'module: "my.module"'))
     elif case == "not-a-prototxt":
         deploy.write_text("layer { name: ")
+    elif case == "dangling-bottom":  # Caffe would abort on it
+        deploy.write_text(deploy.read_text() + 'layer { name: "r" type: "ReLU" bottom: "ghost" '
+                                               'top: "r" }\n')
     else:
         images = 0
     before = tree_digest(tmp_path)
