@@ -1,1 +1,2 @@
-"""Evaluation: Recall@K and NMI, embeddings of a trained net, and the plots people look at."""
+"""Evaluation: Recall@K and NMI, embeddings of a trained net, retrievals, and the plots people
+look at."""
