@@ -191,9 +191,9 @@ def test_bad_input_raises_a_user_error_and_writes_nothing(caffe, tmp_path, case)
     deploy = generated(tmp_path, M=2, embed_dim=32, crop=32)
     weights = save_weights(caffe, deploy, tmp_path / "w.caffemodel")
     out, images = tmp_path / "m.onnx", 2
-    expect = {"exists": "--force", "missing-weights": "nope.caffemodel is not a file",
-              "foreign-python-layer": "Python layer my.module.Layer",
-              "not-a-prototxt": "not a readable net prototxt",
+    expect = {"exists": "--force", "missing-weights": "cannot read .*nope.caffemodel",
+              "foreign-python-layer": "cannot import Python module 'my.module'",
+              "not-a-prototxt": "not a Caffe net prototxt",
               "no-images": "at least one image", "dangling-bottom": "'ghost'"}[case]
     if case == "exists":
         out.write_text("keep me")

@@ -18,7 +18,6 @@ import numpy as np  # noqa: E402
 
 from abe.errors import UserError  # noqa: E402
 
-
 DPI = 110
 
 

@@ -306,18 +306,10 @@ def phase_layers(net_param):
 
 def check_exportable(net_param):
     """Raise ExportError (one line naming the layer) for anything the export cannot carry;
-    returns the TEST-phase layers. Called before Caffe reads the net."""
-    if net_param.layers:
-        raise ExportError("the prototxt uses the V1 'layers' format; upgrade it with Caffe's "
-                          "upgrade_net_proto_text")
+    returns the TEST-phase layers. Called before Caffe reads the net, after
+    ``abe.net.checks.check_prototxt`` (which refuses what Caffe itself would abort on)."""
     layers = phase_layers(net_param)
-    produced = set(net_param.input)
     for layer in layers:
-        missing = [b for b in layer.bottom if b not in produced]
-        if missing:  # Caffe would abort on it
-            raise ExportError(f"layer {layer.name!r} reads blob {missing[0]!r}, which no "
-                              f"earlier layer produces")
-        produced.update(layer.top)
         if layer.type != "Input" and layer.type not in CONVERTERS:
             raise ExportError(f"cannot export layer {layer.name!r} of type {layer.type!r} to "
                               f"ONNX (supported: Input, {', '.join(sorted(CONVERTERS))})")

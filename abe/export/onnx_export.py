@@ -8,52 +8,20 @@ import os
 from pathlib import Path
 
 import numpy as np
-from google.protobuf import message, text_format
-
 from abe.errors import UserError
 from abe.eval import embeddings
 from abe.export.convert import ExportError, check_exportable, to_onnx
-from abe.net import init_weights
+from abe.net import checks
 from abe.net.model_stats import caffe_net, with_batch
 
 TOLERANCE = 1e-4  # largest absolute difference allowed on any output value
 DEFAULT_IMAGES = 8
 
 
-def read_deploy(path):
-    from caffe.proto import caffe_pb2
-
-    try:
-        return text_format.Parse(Path(path).read_text(), caffe_pb2.NetParameter())
-    except (message.DecodeError, text_format.ParseError, UnicodeDecodeError) as error:
-        raise UserError(f"{path} is not a readable net prototxt: "
-                        f"{str(error).splitlines()[0]}") from None
-
-
-def check_weights(net, weights):
-    """Everything Caffe's ``copy_from`` would abort on, or silently skip, as one line: every
-    layer with parameters must be in ``weights`` with the same blob count and shapes."""
-    try:
-        stored = init_weights.read_pretrained(weights)
-    except init_weights.InitError as error:
-        raise UserError(str(error)) from None
-    for layer, blobs in net.params.items():
-        if layer not in stored:
-            raise UserError(f"{weights} has no weights for layer {layer!r} of the net")
-        if len(stored[layer]) != len(blobs):
-            raise UserError(f"layer {layer!r}: {weights} holds {len(stored[layer])} blobs, "
-                            f"the net has {len(blobs)}")
-        for i, ((shape, _), blob) in enumerate(zip(stored[layer], blobs)):
-            if not init_weights.same_shape(shape, tuple(blob.data.shape)):
-                raise UserError(f"layer {layer!r} blob {i}: {weights} has shape {shape}, the "
-                                f"net needs {tuple(blob.data.shape)}")
-
-
-def load_caffe(net_param, weights, batch):
-    """The deploy net at ``batch`` images with the trained weights, pre-checked."""
+def load_caffe(deploy, net_param, weights, batch):
+    """The deploy net at ``batch`` images with the trained weights, checked first."""
     net = caffe_net(with_batch(net_param, batch))
-    check_weights(net, weights)
-    net.copy_from(str(weights))
+    checks.load_weights(net, weights, deploy)
     return net
 
 
@@ -120,11 +88,10 @@ def export(deploy, weights, out, test_lmdb=None, images=DEFAULT_IMAGES, force=Fa
         raise UserError(f"the parity check needs at least one image, got {images}")
     if out.exists() and not force:
         raise UserError(f"{out} exists; pass --force to replace it")
-    if not weights.is_file():
-        raise UserError(f"{weights} is not a file")
-    net_param = read_deploy(deploy)
-    check_exportable(net_param)  # before Caffe reads the net: its aborts are not one line
-    net = load_caffe(net_param, weights, images)
+    # Before Caffe reads the net: its aborts are not one line.
+    net_param = checks.check_prototxt(deploy)
+    check_exportable(net_param)
+    net = load_caffe(deploy, net_param, weights, images)
     inputs, source = parity_images(net, images, test_lmdb)
     blobs = output_blobs(net)
     expected = caffe_outputs(net, inputs, blobs)
