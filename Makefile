@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 SHELL := /bin/bash
 
-.PHONY: setup test demo bench clean clean-cache check-cuda-build
+.PHONY: setup test demo bench clean clean-cache check-cuda-build check-debian13
 
 setup:
 	@scripts/setup.sh
@@ -27,3 +27,9 @@ clean-cache:
 # ends by importing that pycaffe and checking caffe.has_nccl(). No GPU needed.
 check-cuda-build: setup
 	@scripts/check_cuda_build.sh
+
+# The Docker image's toolchain rehearsed here: a fresh minimal Debian 13 (make and git only), this
+# checkout's HEAD cloned by root under /root, `make test`, then the CUDA compile check with this
+# machine's nvcc. Needs root and debootstrap; nothing is set up on this machine itself.
+check-debian13:
+	@scripts/rehearse_debian13.sh

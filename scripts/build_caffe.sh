@@ -9,7 +9,9 @@
 # Usage: scripts/build_caffe.sh [--source debian|git] [--cuda] [--cuda-arch "75 80 86 89 90 100 120"]
 #                               [--python PYTHON] [--prefix DIR] [--jobs N] [--status]
 # --status: print the prefix and exit 0 if that build is complete in the cache, 3 if not; build nothing.
-# Environment: ABE_CAFFE_HOME (cache root, default ~/.cache/abe-caffe); for --cuda: CUDA_ROOT (a
+# Environment: ABE_CAFFE_HOME (cache root, default ~/.cache/abe-caffe); ABE_CAFFE_SOURCE (the
+#              default of --source); ABE_DEBIAN_MIRROR (else the Debian archive in this machine's
+#              apt configuration: scripts/debian_mirror.sh); for --cuda: CUDA_ROOT (a
 #              toolkit folder with nvcc, cuBLAS and cuRAND, like /usr/local/cuda) and NCCL_ROOT
 #              (include/nccl.h, lib/libnccl.so*) when they are not in the default places.
 set -euo pipefail
@@ -20,7 +22,7 @@ DEBIAN_ORIG_SHA256=e0eb3f06794f7402c77b7dec8e8480273ee1a1bb192e9122b621a69d4147a
 GIT_URL=https://github.com/BVLC/caffe.git
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-source=debian
+source=${ABE_CAFFE_SOURCE:-debian}
 cuda=OFF
 cuda_arch="75 80 86 89 90 100 120"
 python=${PYTHON:-$here/.venv/bin/python}
@@ -108,12 +110,13 @@ log() { echo "build_caffe: $*" >&2; }
 log "fetching Caffe $CAFFE_COMMIT (source: $source)"
 mkdir -p "$work/src"
 if [ "$source" = debian ]; then
+  mirror=$("$here/scripts/debian_mirror.sh" 2>&1) || die "$mirror"
   apt_dir="$work/apt"
   mkdir -p "$apt_dir"/{lists/partial,cache/archives/partial,sources.list.d}
   : > "$apt_dir/sources.list"
   cat > "$apt_dir/sources.list.d/bullseye-src.sources" <<EOF
 Types: deb-src
-URIs: http://deb.debian.org/debian
+URIs: $mirror
 Suites: bullseye
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg

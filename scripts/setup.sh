@@ -6,30 +6,64 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$here"
 
-# Build dependencies of Caffe at 99bd997 (CPU, Python layer, OpenBLAS, LMDB, HDF5), and what
-# a Python venv needs. Names are the same on Debian 12 and Ubuntu 24.04.
+# Build dependencies of Caffe at 99bd997 (CPU, Python layer, OpenBLAS, LMDB, HDF5), and the
+# interpreter with its venv module and headers. The same names on Debian 12/13 and Ubuntu
+# 22.04/24.04 (the Dockerfile installs this list too; a test keeps the two in step).
 APT_PACKAGES=(build-essential cmake git patch ca-certificates debian-archive-keyring
   libprotobuf-dev protobuf-compiler libgoogle-glog-dev libgflags-dev libhdf5-dev
   libboost-system-dev libboost-thread-dev libboost-filesystem-dev libboost-python-dev
-  libopenblas-dev liblmdb-dev)
+  libopenblas-dev liblmdb-dev python3 python3-venv python3-dev)
 
-scripts/check_system_packages.sh "${APT_PACKAGES[@]}"
-
-# Python environment, reinstalled only when requirements.txt changes.
+# The interpreter the venv is made from (PYTHON3, else python3). When apt installed it, its own
+# versioned venv and headers packages (python3.X-venv, python3.X-dev) are needed too: they are
+# what python3-venv/python3-dev pull in only for the distribution's default python3.
 PY=${PYTHON3:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
+py_packages=()
+if py_path=$(command -v "$PY") && dpkg -S "$(readlink -f "$py_path")" >/dev/null 2>&1; then
+  py_version=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+  py_packages=("python$py_version-venv" "python$py_version-dev")
+fi
+scripts/check_system_packages.sh "${APT_PACKAGES[@]}" "${py_packages[@]}"
+"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || { echo "setup: $("$PY" -V 2>&1) is older than 3.11, which the pins in requirements.txt need (on" \
+            "Ubuntu 22.04: a newer Python, with Boost.Python built for it; Debian 12/13 and Ubuntu 24.04 have one)" >&2; exit 2; }
+"$PY" -c 'import ensurepip, os, sysconfig
+assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))' 2>/dev/null \
+  || { echo "setup: $PY lacks its venv module (ensurepip) or its headers (Python.h); install them," \
+            "or set PYTHON3 to an interpreter that has both" >&2; exit 2; }
+
+# Python environment: an incomplete .venv (no python, no pip: an interrupted or failed creation,
+# or a removed base interpreter) is made again; dependencies are reinstalled only when
+# requirements.txt changes.
+if [ -e .venv ] && ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+  echo "setup: .venv is incomplete (no working python or pip); making it again" >&2
+  rm -rf .venv
+fi
+if [ ! -e .venv ]; then
+  if ! err=$("$PY" -m venv .venv 2>&1); then
+    rm -rf .venv
+    echo "setup: creating the venv failed: $PY -m venv .venv: $(tail -n1 <<<"$err")" >&2
+    exit 1
+  fi
 fi
 req_hash=$(sha256sum requirements.txt | cut -d' ' -f1)
 if [ "$(cat .venv/.requirements.sha256 2>/dev/null)" != "$req_hash" ]; then
   echo "setup: installing Python dependencies into .venv" >&2
-  .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt \
-    || { echo "setup: pip install -r requirements.txt failed (no network?)" >&2; exit 1; }
+  log=.venv/pip-install.log
+  if ! .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt >"$log" 2>&1; then
+    if grep -q -E "NewConnectionError|Failed to establish|name resolution|Network is unreachable|ProxyError|ConnectTimeout|Read timed out|Could not fetch URL" "$log"; then
+      echo "setup: pip could not reach the package index (network, proxy or pip configuration; log: $log)" >&2
+    else
+      echo "setup: pip install -r requirements.txt failed: $(grep -m1 '^ERROR' "$log" || tail -n1 "$log") (log: $log)" >&2
+    fi
+    exit 1
+  fi
   echo "$req_hash" > .venv/.requirements.sha256
 fi
 
 # Caffe, from the build cache or built now; pycaffe and this repo's package on the venv's path.
-prefix=$(scripts/build_caffe.sh --python "$here/.venv/bin/python")
+prefix=$(scripts/build_caffe.sh --python "$here/.venv/bin/python") \
+  || { echo "setup: the Caffe build failed (its message is above)" >&2; exit 1; }
 site=$(.venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 printf '%s\n' "$prefix/python" > "$site/abe-caffe-pycaffe.pth"
 printf '%s\n' "$here" > "$site/abe-caffe-repo.pth"

@@ -1,8 +1,11 @@
 """The foundation: pycaffe from the cached source build, its Python layer, the build cache."""
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
+from pathlib import Path
 
 import numpy as np
 
@@ -120,11 +123,25 @@ def test_setup_script_is_a_no_op_when_warm():
     assert "ready" in run.stderr and "installing" not in run.stderr
 
 
-def test_missing_system_package_names_the_apt_command():
-    cmd = ["bash", str(REPO / "scripts" / "check_system_packages.sh"), "coreutils", "abe-no-such-package"]
-    if os.geteuid() == 0:  # check as an unprivileged user, as a normal user would meet it
-        cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
-    run = subprocess.run(cmd, capture_output=True, text=True)
-    assert run.returncode == 2
+def test_missing_system_package_names_the_apt_command(tmp_path_factory):
+    script = REPO / "scripts" / "check_system_packages.sh"
+    cmd = ["bash", str(script), "coreutils", "abe-no-such-package"]
+    cwd = None
+    if os.geteuid() == 0:
+        # As an unprivileged user, as a normal user would meet it. That user may not be able to
+        # read the checkout (root's clones live under /root), so it runs a copy from a folder
+        # anyone can read.
+        readable = Path(tempfile.mkdtemp(prefix="abe-apt-check-"))
+        readable.chmod(0o755)
+        shutil.copy(script, readable / script.name)
+        cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+               "bash", str(readable / script.name), *cmd[2:]]
+        cwd = readable
+    try:
+        run = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
+    finally:
+        if cwd:
+            shutil.rmtree(cwd)
+    assert run.returncode == 2, run.stderr
     assert run.stderr.strip() == ("setup: missing system packages; run: sudo apt-get install -y "
                                   "--no-install-recommends abe-no-such-package")
