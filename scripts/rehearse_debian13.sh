@@ -73,6 +73,12 @@ bind "$cache/apt-archives" /var/cache/apt/archives
 bind "$cache/pip" /root/.cache/pip
 bind "$cache/caffe" /root/.cache/abe-caffe
 cp /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
+# This machine's local TLS trust anchors (a proxy's CA, say): the system's ca-certificates,
+# once set-up installs it, adds them to the bundle as it does here.
+if [ -d /usr/local/share/ca-certificates ]; then
+  mkdir -p "$root/usr/local/share/ca-certificates"
+  cp -a /usr/local/share/ca-certificates/. "$root/usr/local/share/ca-certificates/"
+fi
 
 # This machine's apt network settings (proxies, validity checks), and its Debian mirror.
 apt-config dump Acquire::http Acquire::https Acquire::ftp Acquire::Check-Valid-Until \
@@ -101,7 +107,9 @@ env_in=(env -i HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin
 while IFS= read -r v; do env_in+=("$v"); done < <(env | grep -E '^(PIP_[A-Z_]+|https?_proxy|no_proxy|HTTPS?_PROXY|NO_PROXY)=' || true)
 inside() { chroot "$root" "${env_in[@]}" bash -c "$1" </dev/null; }
 inside "git clone -q /tmp/checkout.git /root/abe-caffe"
-log "cloned $(git -C "$here" rev-parse --short HEAD) into /root/abe-caffe; gcc, python3: not installed"
+inside "! command -v gcc && ! command -v python3 && ! command -v cmake" >/dev/null \
+  || die "the Debian 13 copy has more than make and git"
+log "cloned $(git -C "$here" rev-parse --short HEAD) into /root/abe-caffe (nothing installed but make and git)"
 
 # 4. The README's test command, as a new user runs it.
 start=$(date +%s)

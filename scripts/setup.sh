@@ -50,9 +50,9 @@ req_hash=$(sha256sum requirements.txt | cut -d' ' -f1)
 if [ "$(cat .venv/.requirements.sha256 2>/dev/null)" != "$req_hash" ]; then
   echo "setup: installing Python dependencies into .venv" >&2
   log=.venv/pip-install.log
-  if ! .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt >"$log" 2>&1; then
-    if grep -q -E "NewConnectionError|Failed to establish|name resolution|Network is unreachable|ProxyError|ConnectTimeout|Read timed out|Could not fetch URL" "$log"; then
-      echo "setup: pip could not reach the package index (network, proxy or pip configuration; log: $log)" >&2
+  if ! .venv/bin/python -m pip install --disable-pip-version-check --progress-bar off -r requirements.txt >"$log" 2>&1; then
+    if grep -q -E "NewConnectionError|Failed to establish|name resolution|Network is unreachable|ProxyError|ConnectTimeout|Read timed out|Could not fetch URL|SSLError|CERTIFICATE_VERIFY_FAILED" "$log"; then
+      echo "setup: pip could not reach the package index (network, proxy, TLS certificates or pip configuration; log: $log)" >&2
     else
       echo "setup: pip install -r requirements.txt failed: $(grep -m1 '^ERROR' "$log" || tail -n1 "$log") (log: $log)" >&2
     fi
