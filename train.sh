@@ -8,15 +8,19 @@
 #    DATA/<dataset>/ (CUB: the folder holding images.txt; CARS: cars_annos.mat; SOP:
 #    Ebay_train.txt; In-shop: Eval/list_eval_partition.txt; digits: written offline);
 #    DATA = $ABE_DATA, else /data when it exists, else ./data
-# 2. fetches and checks weights/bvlc_googlenet.caffemodel if missing, for the paper's datasets
+# 2. fetches and checks WEIGHTS/bvlc_googlenet.caffemodel if missing, for the paper's datasets
 #    (cub, cars, sop, inshop): if no mirror serves it, one line says how to get it and nothing
-#    trains (--from-scratch trains without it, deliberately); digits train from scratch
+#    trains (--from-scratch trains without it, deliberately); digits train from scratch;
+#    WEIGHTS = $ABE_WEIGHTS, else ./weights
 # 3. generates the network and trains (tools/train.py; every option not listed here is passed
 #    to it: --M, --embed-dim, --lambda-div, --max-iter, --eval-every, --gpus, --base-lr,
 #    --batch (global, over all GPUs), --iter-size, --device-mem, --seed, ...)
-# 4. evaluates the best-Recall@1 snapshot and writes runs/<name>/: config.json, the prototxts,
-#    history.csv, recall.json (final Recall@K), features.npz, curves.png, self_pairs.png,
-#    attention.png, retrievals.png (+ retrievals_learners.png), embedding_map.png
+# 4. evaluates the best-Recall@1 snapshot and writes RUNS/<name>/ (RUNS = $ABE_RUNS, else ./runs,
+#    which is the /runs volume in the image): config.json, the prototxts, history.csv,
+#    recall.json (final Recall@K), features.npz, curves.png, self_pairs.png, attention.png,
+#    retrievals.png (+ retrievals_learners.png), embedding_map.png
+# Nothing else is written, so the repository (or an Apptainer image) may be read-only when DATA,
+# RUNS and WEIGHTS are elsewhere. Relative ABE_* folders are taken from the calling directory.
 #
 # Own options: --dataset NAME (required), --name RUN (default <dataset>-<date>), --raw DIR,
 # --lmdb-dir DIR, --size N (LMDB image side, default 256), --bbox (CUB/CARS cropped to their
@@ -26,6 +30,9 @@
 # train.py) moves it to runs/<name>.previous-N first.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+for var in ABE_DATA ABE_RUNS ABE_WEIGHTS; do
+  [ -z "${!var:-}" ] || export "$var=$(realpath -m -- "${!var}")"
+done
 cd "$repo"
 PY=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
 export GLOG_minloglevel=${GLOG_minloglevel:-2}
@@ -83,7 +90,8 @@ fi
 [ "$scratch" = 0 ] || passthrough+=(--from-scratch)
 
 # 1. pretrained weights (before the LMDBs, which can take hours)
-weights=weights/bvlc_googlenet.caffemodel
+export ABE_WEIGHTS=${ABE_WEIGHTS:-$repo/weights}   # tools/train.py looks there too
+weights=$ABE_WEIGHTS/bvlc_googlenet.caffemodel
 if [ "$dataset" != digits ] && [ ! -f "$weights" ] && [ "$scratch" = 0 ] && [ "$resume" = 0 ] \
     && [ "$own_weights" = 0 ]; then
   echo "train.sh: fetching the ImageNet GoogLeNet weights into $weights"

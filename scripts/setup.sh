@@ -32,34 +32,8 @@ assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")
   || { echo "setup: $PY lacks its venv module (ensurepip) or its headers (Python.h); install them," \
             "or set PYTHON3 to an interpreter that has both" >&2; exit 2; }
 
-# Python environment: an incomplete .venv (no python, no pip: an interrupted or failed creation,
-# or a removed base interpreter) is made again; dependencies are reinstalled only when
-# requirements.txt changes.
-if [ -e .venv ] && ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
-  echo "setup: .venv is incomplete (no working python or pip); making it again" >&2
-  rm -rf .venv
-fi
-if [ ! -e .venv ]; then
-  if ! err=$("$PY" -m venv .venv 2>&1); then
-    rm -rf .venv
-    echo "setup: creating the venv failed: $PY -m venv .venv: $(tail -n1 <<<"$err")" >&2
-    exit 1
-  fi
-fi
-req_hash=$(sha256sum requirements.txt | cut -d' ' -f1)
-if [ "$(cat .venv/.requirements.sha256 2>/dev/null)" != "$req_hash" ]; then
-  echo "setup: installing Python dependencies into .venv" >&2
-  log=.venv/pip-install.log
-  if ! .venv/bin/python -m pip install --disable-pip-version-check --progress-bar off -r requirements.txt >"$log" 2>&1; then
-    if grep -q -E "NewConnectionError|Failed to establish|name resolution|Network is unreachable|ProxyError|ConnectTimeout|Read timed out|Could not fetch URL|SSLError|CERTIFICATE_VERIFY_FAILED" "$log"; then
-      echo "setup: pip could not reach the package index (network, proxy, TLS certificates or pip configuration; log: $log)" >&2
-    else
-      echo "setup: pip install -r requirements.txt failed: $(grep -m1 '^ERROR' "$log" || tail -n1 "$log") (log: $log)" >&2
-    fi
-    exit 1
-  fi
-  echo "$req_hash" > .venv/.requirements.sha256
-fi
+# The venv with the pinned dependencies (made again when incomplete).
+scripts/make_venv.sh .venv requirements.txt "$PY"
 
 # Caffe, from the build cache or built now; pycaffe and this repo's package on the venv's path.
 prefix=$(scripts/build_caffe.sh --python "$here/.venv/bin/python") \

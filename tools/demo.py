@@ -24,9 +24,11 @@ REPO = Path(__file__).resolve().parents[1]
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-dir", type=Path, default=REPO / "runs" / "demo")
-    parser.add_argument("--data-dir", type=Path, default=REPO / "data",
-                        help="where the digits LMDBs go (default data/)")
+    parser.add_argument("--run-dir", type=Path,
+                        default=Path(os.environ.get("ABE_RUNS") or REPO / "runs") / "demo",
+                        help="default $ABE_RUNS/demo, else runs/demo")
+    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("ABE_DATA") or REPO / "data"),
+                        help="where the digits LMDBs go (default $ABE_DATA, else data/)")
     defaults = demo.DemoConfig()
     for f in fields(demo.DemoConfig):
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(getattr(defaults, f.name)),

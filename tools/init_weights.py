@@ -18,8 +18,9 @@ os.environ.setdefault("GLOG_minloglevel", "2")
 from abe import cli  # noqa: E402
 from abe.errors import UserError  # noqa: E402
 from abe.net.init_weights import initialize  # noqa: E402
+from abe.net.pretrained import default_weights  # noqa: E402
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "bvlc_googlenet.caffemodel"
+DEFAULT_WEIGHTS = default_weights()
 PROG = "init_weights.py"
 
 
@@ -28,7 +29,7 @@ def main(argv=None):
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--net", type=Path, required=True, help="generated train.prototxt")
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS,
-                        help="pretrained .caffemodel (default weights/bvlc_googlenet.caffemodel, "
+                        help="pretrained .caffemodel (default $ABE_WEIGHTS or weights/, "
                              "see weights/fetch_googlenet.py)")
     parser.add_argument("--out", type=Path, required=True, help=".caffemodel to write")
     parser.add_argument("--quiet", action="store_true", help="print the summary only")

@@ -43,9 +43,10 @@ from abe.errors import UserError  # noqa: E402
 from abe.eval import evaluation  # noqa: E402
 from abe.net import checks, netgen  # noqa: E402
 from abe.train import devices, run_folder, training  # noqa: E402
+from abe.net.pretrained import default_weights  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_WEIGHTS = REPO / "weights" / "bvlc_googlenet.caffemodel"
+DEFAULT_WEIGHTS = default_weights()
 DATASET_ITERS = {"cub": 10000, "cars": 15000, "sop": 40000, "inshop": 30000, "digits": 300}
 BENCHMARKS = ("cub", "cars", "sop", "inshop")  # the paper's: they all start from ImageNet
 POSITIVE, COUNT = cli.number(int, above=0), cli.number(int, at_least=0)
@@ -113,7 +114,8 @@ def parse_args(argv):
                           "chosen (default on a GPU: its memory)")
     init = run.add_mutually_exclusive_group()
     init.add_argument("--init-weights", type=Path,
-                      help=f"pretrained GoogLeNet (default {DEFAULT_WEIGHTS.relative_to(REPO)})")
+                      help="pretrained GoogLeNet (default $ABE_WEIGHTS/bvlc_googlenet.caffemodel, "
+                           "else weights/bvlc_googlenet.caffemodel)")
     init.add_argument("--from-scratch", action="store_true",
                       help="no pretrained weights: He (MSRA) weights and zero biases for "
                            "GoogLeNet's layers, xavier for the new layers; a deliberate "

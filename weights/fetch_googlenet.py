@@ -8,18 +8,18 @@ says which one served it. Offline: one line listing what was tried, exit 1. A si
 import functools
 import os
 import sys
-from pathlib import Path
 
 from tqdm import tqdm
 
 from abe import cli
-from abe.net.pretrained import GOOGLENET_MIRRORS, GOOGLENET_SHA1, fetch
+from abe.net.pretrained import GOOGLENET_MIRRORS, GOOGLENET_SHA1, default_weights, fetch
 
 
 def main(argv=None):
     parser = cli.Parser(prog="fetch_googlenet", description=__doc__)
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "bvlc_googlenet.caffemodel"),
-                        help="where to put the file (default: weights/bvlc_googlenet.caffemodel)")
+    parser.add_argument("--out", default=str(default_weights()),
+                        help="where to put the file (default: $ABE_WEIGHTS/bvlc_googlenet.caffemodel, "
+                             "else weights/bvlc_googlenet.caffemodel)")
     parser.add_argument("--url", action="append",
                         help="download address, tried in the order given (repeatable; default: "
                              "$ABE_GOOGLENET_URLS, else " + ", ".join(GOOGLENET_MIRRORS) + ")")

@@ -21,6 +21,13 @@ GOOGLENET_MIRRORS = (
 )
 
 
+def default_weights():
+    """Where the tools keep bvlc_googlenet.caffemodel: $ABE_WEIGHTS, else the repo's weights/
+    (a read-only image or checkout keeps its weights in a folder named by ABE_WEIGHTS)."""
+    folder = os.environ.get("ABE_WEIGHTS") or Path(__file__).resolve().parents[2] / "weights"
+    return Path(folder) / "bvlc_googlenet.caffemodel"
+
+
 class FetchError(EnvironmentFailure):
     """No mirror served a file with the right sha1; the message is one line for users."""
 
