@@ -84,6 +84,8 @@ fi
 apt-config dump Acquire::http Acquire::https Acquire::ftp Acquire::Check-Valid-Until \
   Acquire::Check-Date > "$root/etc/apt/apt.conf.d/90host-network"
 printf 'deb %s %s main\n' "$mirror" "$suite" > "$root/etc/apt/sources.list"
+# As Debian's Docker images do: no fsync per unpacked file (the copy is thrown away anyway).
+echo force-unsafe-io > "$root/etc/dpkg/dpkg.cfg.d/docker-apt-speedup"
 # pip's configuration files, and the local folders they name (find-links, file:// indexes: a
 # PEP 503 index is mounted from the folder above its simple/ page), read-only at the same paths.
 pip_files=()
@@ -99,6 +101,9 @@ done
     case "$path" in /etc/*|/usr/*|/root/*) continue ;; esac
     [ -d "$path" ] && bind "$path" "$path" ro
   done || true
+
+# The shared real annotation files, at ../shared from the clone as from this checkout.
+[ ! -d "$here/../shared" ] || bind "$(cd "$here/../shared" && pwd)" /root/shared ro
 
 # 3. The clone, by root under /root, from a bare copy of this checkout's HEAD.
 git clone -q --bare --no-hardlinks "$here" "$root/tmp/checkout.git"
