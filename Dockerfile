@@ -14,8 +14,8 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
 
-# Caffe's build dependencies: the list in scripts/setup.sh (the same names on Ubuntu 24.04; a test
-# keeps the two in step), plus Python 3.12's headers and venv. The CUDA devel base already has
+# Caffe's build dependencies and Python 3.12 with its headers and venv: the list in scripts/setup.sh
+# (the same names on Ubuntu 24.04; a test keeps the two in step). The CUDA devel base already has
 # cuBLAS, cuRAND and NCCL (libnccl-dev). Versions come from the pinned base image's Ubuntu release.
 # hadolint ignore=DL3008
 RUN apt-get update \
