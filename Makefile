@@ -8,7 +8,7 @@ setup:
 	@scripts/setup.sh
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto --dist loadfile tests
 
 demo: setup
 	$(PY) tools/demo.py
