@@ -24,6 +24,7 @@ from pathlib import Path
 
 from abe.errors import UserError
 from abe.experiments import definitions
+from abe.train.run_folder import write_atomic
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN_SH = REPO / "train.sh"
@@ -137,12 +138,6 @@ def claim_folder(plan, create=True):
     elif create:
         plan.folder.mkdir(parents=True, exist_ok=True)
         write_atomic(path, json.dumps(record, indent=2) + "\n")
-
-
-def write_atomic(path, text):
-    tmp = Path(str(path) + ".partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def run_state(run_dir):

@@ -8,6 +8,7 @@ blob of the net present at its shape, the solver state's history complete) befor
 given it: Caffe aborts on a truncated file, or silently skips the layers a cut-short one lacks.
 """
 import functools
+import os
 import re
 from pathlib import Path
 
@@ -141,3 +142,10 @@ def resumable_snapshot(files, say=None):
         skipped.append(f"iteration {iteration}: {problem}")
     raise UserError(f"no snapshot in {files.snapshots} can be resumed from "
                     f"({'; '.join(skipped)})")
+
+
+def write_atomic(path, text):
+    """Text under a temporary name, then renamed: never half a file under the final name."""
+    tmp = Path(str(path) + ".partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)

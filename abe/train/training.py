@@ -37,7 +37,7 @@ import numpy as np
 
 from abe.errors import UserError
 from abe.train import batching
-from abe.train.run_folder import RunFiles, resumable_snapshot
+from abe.train.run_folder import RunFiles, resumable_snapshot, write_atomic
 
 KEEP_SNAPSHOTS = 2  # a damaged newest snapshot leaves the one before it to resume from
 # Not in GoogLeNet, xavier always: the attention 1x1 convs (named learner{m}/attention when
@@ -69,12 +69,6 @@ class TrainSettings:
     batch: int = 0  # images per iteration over all ranks (0: the train net's, x ranks x iter_size)
     iter_size: int = 1  # forward passes accumulated per iteration on each rank
     pass_batch: int = 0  # images per forward pass (derived; recorded in config.json)
-
-
-def write_atomic(path, text):
-    tmp = Path(str(path) + ".partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def write_solver(files, solver_param, settings):
